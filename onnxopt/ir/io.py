@@ -184,10 +184,11 @@ def model_nbytes(proto: onnx.ModelProto) -> int:
     return total + 1024 * len(proto.graph.node)
 
 
-def save_proto(proto: onnx.ModelProto, path, *, external_data: bool | None = None, protect=()) -> Path:
+def save_proto(proto: onnx.ModelProto, path, *, external_data: bool | None = None, protect=(),
+               size_threshold: int = EXTERNAL_DATA_THRESHOLD) -> Path:
     """Write ``proto`` to ``path`` atomically; returns the path.
 
-    ``external_data``: True/False forces, None decides by size (> ~2 GB).
+    ``external_data``: True/False forces, None decides by size (> ``size_threshold``, ~2 GB).
     ``protect``: paths that must not be overwritten (the input model and its data).
     """
     path = Path(path)
@@ -200,7 +201,7 @@ def save_proto(proto: onnx.ModelProto, path, *, external_data: bool | None = Non
     protected = {Path(p).resolve() for p in protect}
     if path.resolve() in protected:
         raise OnnxoptError(f"refusing to overwrite the input model {path} (pass --in-place to allow it)")
-    use_external = external_data if external_data is not None else model_nbytes(proto) > EXTERNAL_DATA_THRESHOLD
+    use_external = external_data if external_data is not None else model_nbytes(proto) > size_threshold
     if use_external and (parent / data_name).resolve() in protected:
         raise OnnxoptError(f"refusing to overwrite the input's external data file {parent / data_name}")
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))

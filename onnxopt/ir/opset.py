@@ -17,6 +17,8 @@ def upgrade_opset(model: Model, target: int) -> Model:
         proto = onnx.version_converter.convert_version(model.to_onnx(), target)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "Assertion" in first:  # onnx's C++ assertion text: keep the readable tail
+            first = first.split("Assertion", 1)[1].strip(" `:")
         raise OpsetError(f"model is at opset {old}; upgrading to opset {target} failed: {first}") from exc
     upgraded = Model.from_onnx(proto, model.source)
     meta = model.meta
