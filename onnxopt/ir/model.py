@@ -144,7 +144,8 @@ class Model:
         while name in existing:
             i += 1
             name = f"{base}_{i}"
-        return gs.Constant(name, np.ascontiguousarray(values))
+        # np.require keeps 0-d scalars 0-d (np.ascontiguousarray would make them shape (1,))
+        return gs.Constant(name, np.require(values, requirements="C"))
 
     def nx_view(self):
         """A networkx view for analyses; see :func:`onnxopt.ir.view.to_networkx`."""
