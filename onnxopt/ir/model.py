@@ -60,7 +60,16 @@ class Model:
     @classmethod
     def from_onnx(cls, proto: onnx.ModelProto, source: Path | None = None) -> "Model":
         graph = gs.import_onnx(proto)
-        return cls(graph, ModelMeta.from_proto(proto), source)
+        model = cls(graph, ModelMeta.from_proto(proto), source)
+        init_names = {t.name for t in proto.graph.initializer}
+        as_inputs = [i.name for i in proto.graph.input if i.name in init_names]
+        if as_inputs:
+            # IR < 4 style: initializers also listed as graph inputs (overridable defaults).
+            # They become plain initializers so they can be folded; real inputs keep names and order.
+            model.meta.ir_version = max(model.meta.ir_version, 4)
+            model.notes.append(f"{len(as_inputs)} initializer(s) listed as graph inputs (IR < 4 style) are kept as "
+                               "initializers only, so they can be optimized; the real inputs are unchanged")
+        return model
 
     def to_onnx(self) -> onnx.ModelProto:
         """Export to a ModelProto, restoring every model-level field."""
