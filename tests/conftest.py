@@ -81,3 +81,33 @@ def tmp_model_path(tmp_path):
         return p
 
     return _write
+
+
+SMALL_CNN = """
+<ir_version: 8, opset_import: ["" : 17], producer_name: "onnxopt-tests", producer_version: "1.0">
+cnn (float[BATCH, 3, 8, 8] x) => (float[BATCH, 10] logits) {
+  c1 = Conv <pads = [1, 1, 1, 1]> (x, w1, b1)
+  n1 = BatchNormalization (c1, bn_scale, bn_bias, bn_mean, bn_var)
+  r1 = Relu (n1)
+  c2 = Conv <pads = [1, 1, 1, 1]> (r1, w2, b2)
+  id2 = Identity (c2)
+  res = Add (id2, r1)
+  r2 = Relu (res)
+  pool = GlobalAveragePool (r2)
+  flat = Flatten (pool)
+  logits = Gemm <transB = 1> (flat, wf, bf)
+}
+"""
+
+
+def small_cnn(batch: str | int = "N", seed: int = 0) -> onnx.ModelProto:
+    """Conv-BN-Relu, Conv + residual Add, GlobalAveragePool, Flatten, Gemm (10 classes); ``batch`` symbolic or fixed."""
+    rng = np.random.default_rng(seed)
+
+    def r(*shape, positive=False):
+        a = rng.standard_normal(shape).astype(np.float32)
+        return np.abs(a) + 0.5 if positive else a
+
+    inits = {"w1": r(4, 3, 3, 3), "b1": r(4), "bn_scale": r(4, positive=True), "bn_bias": r(4), "bn_mean": r(4),
+             "bn_var": r(4, positive=True), "w2": r(4, 4, 3, 3), "b2": r(4), "wf": r(10, 4), "bf": r(10)}
+    return parse_model(SMALL_CNN.replace("BATCH", str(batch)), inits)

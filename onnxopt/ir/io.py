@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import networkx as nx
 import onnx
@@ -185,11 +186,13 @@ def model_nbytes(proto: onnx.ModelProto) -> int:
 
 
 def save_proto(proto: onnx.ModelProto, path, *, external_data: bool | None = None, protect=(),
-               size_threshold: int = EXTERNAL_DATA_THRESHOLD) -> Path:
+               size_threshold: int = EXTERNAL_DATA_THRESHOLD, validate: Callable[[Path], None] | None = None) -> Path:
     """Write ``proto`` to ``path`` atomically; returns the path.
 
     ``external_data``: True/False forces, None decides by size (> ``size_threshold``, ~2 GB).
     ``protect``: paths that must not be overwritten (the input model and its data).
+    ``validate``: called on the fully written temporary file (external data beside
+    it) before anything is moved into place; if it raises, nothing reaches ``path``.
     """
     path = Path(path)
     if path.exists() and path.is_dir():
@@ -210,19 +213,22 @@ def save_proto(proto: onnx.ModelProto, path, *, external_data: bool | None = Non
         if use_external:
             onnx.save_model(proto, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=data_name, size_threshold=1024)
-            if (tmpdir / data_name).exists():
-                os.replace(tmpdir / data_name, parent / data_name)
         else:
             with open(tmp_model, "wb") as fh:
                 fh.write(proto.SerializeToString())
                 fh.flush()
                 os.fsync(fh.fileno())
+        if validate is not None:
+            validate(tmp_model)
+        if (tmpdir / data_name).exists():
+            os.replace(tmpdir / data_name, parent / data_name)
         os.replace(tmp_model, path)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return path
 
 
-def save_model(model: Model, path, *, external_data: bool | None = None, protect=()) -> Path:
+def save_model(model: Model, path, *, external_data: bool | None = None, protect=(),
+               validate: Callable[[Path], None] | None = None) -> Path:
     """Export and atomically save a :class:`Model` (see :func:`save_proto`)."""
-    return save_proto(model.to_onnx(), path, external_data=external_data, protect=protect)
+    return save_proto(model.to_onnx(), path, external_data=external_data, protect=protect, validate=validate)
