@@ -24,6 +24,9 @@ COMMANDS: dict[str, str] = {
     "bench": "onnxopt.cli.bench_cmd",
     "eval": "onnxopt.cli.eval_cmd",
     "passes": "onnxopt.cli.passes_cmd",
+    "finetune": "onnxopt.cli.finetune_cmd",
+    "prune": "onnxopt.cli.prune_cmd",
+    "quantize": "onnxopt.cli.quantize_cmd",
 }
 
 

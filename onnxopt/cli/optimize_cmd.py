@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onnxopt.analysis.summary import external_data_files, model_file_bytes, parameter_stats
+from onnxopt.analysis.summary import model_file_bytes, parameter_stats
 from onnxopt.cli.args import DataArgs, OutputArgs, ReportArgs, check_output_path
 from onnxopt.cli.report import (
     Printer,
@@ -31,7 +31,7 @@ from onnxopt.ir import Model, load_model
 from onnxopt.passes import PassManager, PassRecord, build_pipeline
 from onnxopt.runtime.compare import Comparison, compare_sessions, sample_batches
 from onnxopt.runtime.session import make_session
-from onnxopt.runtime.validate import save_validated
+from onnxopt.runtime.validate import input_files, save_validated
 
 #: random sample inputs for the before/after comparison: batches of this many samples
 SAMPLE_BATCHES = 3
@@ -94,11 +94,6 @@ def progress_line(rec: PassRecord) -> None:
     what = "modified" if rec.modified else "unchanged"
     print(f"  [{rec.iteration}] {rec.name}: {what}, {rec.nodes_before} -> {rec.nodes_after} nodes, "
           f"{rec.seconds * 1000:.1f} ms", file=sys.stderr)
-
-
-def input_files(path: Path) -> list[Path]:
-    """The input model and its external-data files: what saving must never overwrite."""
-    return [path, *external_data_files(path)]
 
 
 def comparison_batches(args, specs: list[InputSpec]):

@@ -16,6 +16,8 @@ from onnxopt.passes import (  # noqa: F401
     simplify_reshapes,
 )
 from onnxopt.passes.base import PassManager, create_pass, register_factory
+from onnxopt.prune import structured as _prune_structured  # noqa: F401,E402  (registers prune_structured)
+from onnxopt.prune import unstructured as _prune_unstructured  # noqa: F401,E402  (registers prune_unstructured)
 
 #: the default ``optimize`` pipeline, run to a fixed point
 CLEANUP_PASSES: tuple[str, ...] = (

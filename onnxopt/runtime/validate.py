@@ -20,6 +20,13 @@ def validate_model_file(path: Path) -> None:
     make_session(Path(path), "cpu")  # raises CheckFailed with onnxruntime's reason
 
 
+def input_files(path: Path) -> list[Path]:
+    """The input model and its external-data files: what saving must never overwrite."""
+    from onnxopt.analysis.summary import external_data_files
+
+    return [Path(path), *external_data_files(Path(path))]
+
+
 def save_validated(model, out, *, external_data: bool | None = None, protect=()) -> Path:
     """Save ``model`` atomically to ``out`` after it passed :func:`validate_model_file`.
 
