@@ -68,3 +68,24 @@ def test_passes_lists_registered_passes_with_options(capsys):
     doc = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
     assert doc["remove_identity"]["options"] == [] and doc["remove_identity"]["kind"] == "pass"
     assert {"name": "max_iterations", "type": "int", "default": 10} in doc["cleanup"]["options"]
+
+
+def test_inspect_prunable_lists_groups(tmp_path, capsys):
+    import json as _json
+
+    from conftest import small_cnn
+    from onnxopt.cli.main import main as _main
+
+    path = tmp_path / "cnn.onnx"
+    import onnx as _onnx
+
+    _onnx.save_model(small_cnn(), str(path))
+    assert _main(["inspect", str(path), "--prunable"]) == 0
+    out = capsys.readouterr().out
+    assert "Channel groups:" in out and "prunable" in out
+    assert _main(["inspect", str(path), "--prunable", "--json"]) == 0
+    doc = _json.loads(capsys.readouterr().out)
+    groups = doc["channel_groups"]
+    # conv1 and conv2 are tied by the residual Add: one 4-channel group; the logits reach a graph output
+    assert any(g["prunable"] and g["size"] == 4 for g in groups)
+    assert all(not g["prunable"] for g in groups if g["size"] == 10)

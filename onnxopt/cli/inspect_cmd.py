@@ -31,6 +31,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="write the summary as JSON to FILE, or to stdout (instead of the table) with no FILE")
     p.add_argument("--input-shape", type=input_shape, action="append", default=[], metavar="NAME:DxD...",
                    help="resolve an input's dynamic dims for the MAC count, e.g. x:1x3x224x224 (repeatable)")
+    p.add_argument("--prunable", action="store_true",
+                   help="also list the channel groups structured pruning sees: sizes, and why frozen ones are frozen")
     p.set_defaults(func=run)
     return p
 
@@ -84,7 +86,16 @@ def format_summary(s: ModelSummary) -> str:
 def run(args) -> int:
     model = load_model(args.model)
     summary = summarize(model, dict(args.input_shape))
+    doc = summary_json(summary)
+    text = format_summary(summary)
+    if args.prunable:
+        from onnxopt.cli.prune_cmd import format_groups
+        from onnxopt.prune.dependency import describe_groups
+
+        groups = describe_groups(model)
+        doc["channel_groups"] = groups
+        text += "\n\n" + format_groups(groups, "Channel groups")
     if args.json is not None:
-        write_json(summary_json(summary), args.json)
-    Printer(json_dest=args.json)(format_summary(summary))
+        write_json(doc, args.json)
+    Printer(json_dest=args.json)(text)
     return 0

@@ -274,18 +274,23 @@ def run(args) -> int:
     return 0
 
 
+def format_groups(rows: list[dict], title: str) -> str:
+    """The channel-group table shared by ``prune --list-groups`` and ``inspect --prunable``."""
+    table = [(r["id"], r["size"], r["channels_per_unit"],
+              "prunable" if r["prunable"] else ("frozen" if r["frozen"] else "single unit"),
+              _short(r["producers"]), (r["reasons"][0] if r["reasons"] else "")) for r in rows]
+    head = f"{title}: {len(rows)} ({sum(r['prunable'] for r in rows)} prunable)"
+    return head + "\n" + format_table(["group", "units", "ch/unit", "status", "producers", "reason"], table, indent=2)
+
+
 def _list_groups(args, model: Model, show: Printer) -> int:
     rows = describe_groups(model, args.ignore)
     if args.json is not None:
         write_json(rows, args.json)
-    table = [(r["id"], r["size"], r["channels_per_unit"],
-              "prunable" if r["prunable"] else ("frozen" if r["frozen"] else "single unit"),
-              _short(r["producers"]), (r["reasons"][0] if r["reasons"] else "")) for r in rows]
-    show(f"Channel groups of {args.model}: {len(rows)} ({sum(r['prunable'] for r in rows)} prunable)")
-    show(format_table(["group", "units", "ch/unit", "status", "producers", "reason"], table, indent=2))
+    text = format_groups(rows, f"Channel groups of {args.model}")
+    show(text)
     if args.report:
-        write_text(args.report, format_table(["group", "units", "ch/unit", "status", "producers", "reason"],
-                                             table) + "\n")
+        write_text(args.report, text + "\n")
     return 0
 
 
