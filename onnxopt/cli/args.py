@@ -43,6 +43,24 @@ def positive_int(text: str) -> int:
     return v
 
 
+def _number(text: str, ok, what: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not ok(v):
+        raise argparse.ArgumentTypeError(f"expected a number {what}, got {text!r}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    return _number(text, lambda v: v > 0, "> 0")
+
+
+def non_negative_float(text: str) -> float:
+    return _number(text, lambda v: v >= 0, ">= 0")
+
+
 def input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     """``name:1x3x224x224`` -> ("name", (1, 3, 224, 224))."""
     if ":" not in text:

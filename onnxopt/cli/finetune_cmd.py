@@ -24,6 +24,8 @@ from onnxopt.cli.args import (
     OutputArgs,
     ReportArgs,
     check_output_path,
+    non_negative_float,
+    positive_float,
     positive_int,
 )
 from onnxopt.cli.report import (
@@ -41,26 +43,6 @@ TEACHER_RUNTIMES = ("onnxruntime", "torch")
 OPTIMIZER_HELP = "adam (default), adamw or sgd (momentum 0.9)"
 
 
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return v
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return v
-
-
 def add_parser(sub):
     p = sub.add_parser(
         "finetune", help="fine-tune an optimized student by distillation from its teacher (needs torch)",
@@ -76,16 +58,16 @@ def add_parser(sub):
     OutputArgs.add(p)
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=positive_int, default=1, help="passes over --data (default 1)")
-    t.add_argument("--lr", type=_positive_float, default=1e-4, help="learning rate (default 1e-4)")
+    t.add_argument("--lr", type=positive_float, default=1e-4, help="learning rate (default 1e-4)")
     t.add_argument("--optimizer", default="adam", help=OPTIMIZER_HELP)
     t.add_argument("--batch-size", type=positive_int, default=64, help="samples per step (default 64)")
     t.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many steps")
-    t.add_argument("--temperature", type=_positive_float, default=4.0, help="softening temperature T (default 4)")
-    t.add_argument("--alpha", type=_non_negative_float, default=0.5,
+    t.add_argument("--temperature", type=positive_float, default=4.0, help="softening temperature T (default 4)")
+    t.add_argument("--alpha", type=non_negative_float, default=0.5,
                    help="weight of the cross-entropy on labels (default 0.5)")
     t.add_argument("--hint", nargs="+", action="extend", default=[], metavar="TENSOR",
                    help="intermediate tensor(s) to match with MSE (same name in student and teacher)")
-    t.add_argument("--hint-weight", type=_non_negative_float, default=1.0, help="weight of the hint loss (default 1)")
+    t.add_argument("--hint-weight", type=non_negative_float, default=1.0, help="weight of the hint loss (default 1)")
     t.add_argument("--plan", type=Path, metavar="PLAN.json",
                    help="pruning plan: kept channel indices of pruned --hint tensors (the teacher's tensors are "
                         "cut to them before comparing)")
