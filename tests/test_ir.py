@@ -220,3 +220,35 @@ def test_nx_view_edges():
     ops = [g.nodes[n]["op"] for n in g.nodes]
     assert ops == ["Conv", "Relu", "GlobalAveragePool", "Flatten", "Gemm"]
     assert g.number_of_edges() == 4
+
+
+def test_large_model_path_keeps_external_data_on_disk(tmp_path):
+    """The > 2 GB path (weights left on disk, copied tensor by tensor on save), forced with a 0-byte limit."""
+    from conftest import small_cnn
+    from onnxopt.ir.io import ExternalValues
+    from onnxopt.passes import create_pass
+
+    src_dir, out_dir = tmp_path / "src", tmp_path / "out"
+    src_dir.mkdir()
+    out_dir.mkdir()
+    proto = small_cnn()
+    onnx.save_model(small_cnn(), str(src_dir / "m.onnx"), save_as_external_data=True, location="m.bin",
+                    size_threshold=0)  # every weight external, however small
+    before = (src_dir / "m.bin").read_bytes()
+    model = load_model(src_dir / "m.onnx", lazy_external_above=0)
+    lazy = [t for t in model.initializers().values() if isinstance(t._values, ExternalValues)]
+    assert lazy, "weights should stay on disk"
+    res = create_pass("cleanup")(model)  # folds BN into conv 1 (values read on demand), leaves w2/wf untouched
+    still_lazy = {n for n, t in res.model.initializers().items() if isinstance(t._values, ExternalValues)}
+    assert {"w2", "wf", "bf"} <= still_lazy  # looked at, never pulled into memory
+    assert not any(n.op == "BatchNormalization" for n in res.model.nodes)
+    out = save_model(res.model, out_dir / "m.opt.onnx")
+    assert (out_dir / "m.opt.onnx.data").is_file()
+    back = onnx.load_model(str(out))
+    onnx.checker.check_model(str(out), full_check=True)
+    feeds = random_feeds(proto)
+    for a, b in zip(run_ort(proto, feeds), run_ort(back, feeds)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    assert (src_dir / "m.bin").read_bytes() == before  # the input's data is untouched
+    with pytest.raises(Exception, match="external data"):
+        save_model(res.model, out_dir / "dense.onnx", external_data=False)

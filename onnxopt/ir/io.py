@@ -18,10 +18,11 @@ from typing import Callable
 
 import networkx as nx
 import onnx
+import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 
 from onnxopt.errors import ModelLoadError, OnnxoptError, UnsafeExternalDataError
-from onnxopt.ir.model import Model
+from onnxopt.ir.model import ExternalValues, Model
 
 TWO_GB = 2**31
 # stay clear of protobuf's hard 2 GiB limit: graph structure needs room too
@@ -76,18 +77,34 @@ def check_external_location(location: str, base_dir: Path) -> Path:
     return full
 
 
-def _load_external(proto: onnx.ModelProto, base_dir: Path) -> None:
-    tensors = list(_external_tensors(proto))
-    for t in tensors:
-        info = {e.key: e.value for e in t.external_data}
+def _external_info(t: onnx.TensorProto) -> dict[str, str]:
+    return {e.key: e.value for e in t.external_data}
+
+
+def _check_external(proto: onnx.ModelProto, base_dir: Path) -> int:
+    """Check every external-data reference; returns the total bytes they hold."""
+    total = 0
+    for t in _external_tensors(proto):
+        info = _external_info(t)
         full = check_external_location(info.get("location", ""), base_dir)
         offset = int(info.get("offset", 0) or 0)
-        length = info.get("length")
         size = full.stat().st_size
-        if offset < 0 or offset > size or (length is not None and offset + int(length) > size):
+        length = int(info["length"]) if info.get("length") else size - offset
+        if offset < 0 or offset > size or offset + length > size:
             raise ModelLoadError(f"external data for tensor {t.name!r} lies beyond the end of {info['location']!r} (truncated file?)")
-    if tensors:
-        onnx.external_data_helper.load_external_data_for_model(proto, str(base_dir))
+        total += length
+    return total
+
+
+def _load_external(proto: onnx.ModelProto, base_dir: Path, lazy_above: int = EXTERNAL_DATA_THRESHOLD) -> bool:
+    """Load external data into ``proto``; above ``lazy_above`` bytes leave it on disk (returns True: lazy)."""
+    total = _check_external(proto, base_dir)
+    if total == 0:
+        return False
+    if total > lazy_above:
+        return True  # protobuf cannot hold it: Model reads each tensor when a pass needs it
+    onnx.external_data_helper.load_external_data_for_model(proto, str(base_dir))
+    return False
 
 
 def structural_problems(proto: onnx.ModelProto) -> list[str]:
@@ -129,7 +146,8 @@ def structural_problems(proto: onnx.ModelProto) -> list[str]:
     return problems
 
 
-def read_proto(source, *, load_external_data: bool = True) -> tuple[onnx.ModelProto, Path | None]:
+def read_proto(source, *, load_external_data: bool = True,
+               lazy_external_above: int = EXTERNAL_DATA_THRESHOLD) -> tuple[onnx.ModelProto, Path | None]:
     """Read a ModelProto from a path or bytes, with clear errors."""
     path: Path | None = None
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -159,34 +177,98 @@ def read_proto(source, *, load_external_data: bool = True) -> tuple[onnx.ModelPr
         base = path.parent if path is not None else Path.cwd()
         if path is None and any(True for _ in _external_tensors(proto)):
             raise ModelLoadError("a model given as bytes cannot use external data; load it from its file")
-        _load_external(proto, base)
+        _load_external(proto, base, lazy_external_above)
     return proto, path
 
 
-def load_model(source, *, validate: bool = True) -> Model:
-    """Load a model from a path or bytes into a :class:`Model`."""
-    proto, path = read_proto(source)
+def load_model(source, *, validate: bool = True, lazy_external_above: int = EXTERNAL_DATA_THRESHOLD) -> Model:
+    """Load a model from a path or bytes into a :class:`Model`.
+
+    External data above ``lazy_external_above`` bytes (default ~2 GB) stays on
+    disk and is read tensor by tensor when a pass needs it (protobuf cannot hold
+    more than 2 GB in one message).
+    """
+    proto, path = read_proto(source, lazy_external_above=lazy_external_above)
     if validate:
         problems = structural_problems(proto)
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise ModelLoadError(f"{path or 'model'}: {problems[0]}{more}")
     try:
-        return Model.from_onnx(proto, path)
+        model = Model.from_onnx(proto, path)
     except Exception as exc:  # gs raises assorted errors on malformed graphs
         raise ModelLoadError(f"{path or 'model'}: cannot import the graph: {exc}") from exc
+    if path is not None:
+        for t in model.graph.tensors().values():
+            values = getattr(t, "_values", None)
+            if (isinstance(values, gs.ir.tensor.LazyValues) and not isinstance(values, ExternalValues)
+                    and isinstance(values.tensor, onnx.TensorProto)
+                    and values.tensor.data_location == onnx.TensorProto.EXTERNAL):
+                t._values = ExternalValues(values.tensor, path.parent)
+    return model
 
 
 def model_nbytes(proto: onnx.ModelProto) -> int:
     """Size estimate that never serializes (safe above 2 GB)."""
     total = 0
     for t in _all_tensors(proto.graph):
-        total += len(t.raw_data) if t.HasField("raw_data") else t.ByteSize()
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            total += int(_external_info(t).get("length") or 0)
+        else:
+            total += len(t.raw_data) if t.HasField("raw_data") else t.ByteSize()
     return total + 1024 * len(proto.graph.node)
 
 
+def _write_external(proto: onnx.ModelProto, model_path: Path, data_name: str, source_dir: Path | None) -> None:
+    """Move every tensor of >= 1 KiB into ``data_name`` beside ``model_path``, one tensor at a time.
+
+    Tensors that still point at the source model's data (``ExternalValues``) are
+    copied from there in chunks, so a > 2 GB model never sits in memory whole.
+    """
+    onnx.external_data_helper.convert_model_to_external_data(proto, all_tensors_to_one_file=True,
+                                                             location=data_name, size_threshold=1024,
+                                                             convert_attribute=False)
+    offset = 0
+    with open(model_path.parent / data_name, "wb") as out:
+        for t in _all_tensors(proto.graph):
+            if t.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            pad = (-offset) % 4096  # page-aligned, as onnx writes it (lets runtimes mmap)
+            out.write(b"\0" * pad)
+            offset += pad
+            if t.HasField("raw_data"):
+                out.write(t.raw_data)
+                length = len(t.raw_data)
+                t.ClearField("raw_data")
+            else:
+                info = _external_info(t)
+                if source_dir is None:
+                    raise OnnxoptError(f"tensor {t.name!r} refers to external data but the source folder is unknown")
+                src = check_external_location(info.get("location", ""), source_dir)
+                start = int(info.get("offset", 0) or 0)
+                length = int(info["length"]) if info.get("length") else src.stat().st_size - start
+                with open(src, "rb") as fh:
+                    fh.seek(start)
+                    left = length
+                    while left:
+                        chunk = fh.read(min(left, 64 * 2**20))
+                        if not chunk:
+                            raise OnnxoptError(f"external data for {t.name!r} ends early in {src}")
+                        out.write(chunk)
+                        left -= len(chunk)
+            del t.external_data[:]
+            for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(length))):
+                entry = t.external_data.add()
+                entry.key, entry.value = key, value
+            t.data_location = onnx.TensorProto.EXTERNAL
+            offset += length
+        out.flush()
+        os.fsync(out.fileno())
+
+
 def save_proto(proto: onnx.ModelProto, path, *, external_data: bool | None = None, protect=(),
-               size_threshold: int = EXTERNAL_DATA_THRESHOLD, validate: Callable[[Path], None] | None = None) -> Path:
+               size_threshold: int = EXTERNAL_DATA_THRESHOLD, validate: Callable[[Path], None] | None = None,
+               source_dir: Path | None = None) -> Path:
     """Write ``proto`` to ``path`` atomically; returns the path.
 
     ``external_data``: True/False forces, None decides by size (> ``size_threshold``, ~2 GB).
@@ -204,20 +286,21 @@ def save_proto(proto: onnx.ModelProto, path, *, external_data: bool | None = Non
     protected = {Path(p).resolve() for p in protect}
     if path.resolve() in protected:
         raise OnnxoptError(f"refusing to overwrite the input model {path} (pass --in-place to allow it)")
-    use_external = external_data if external_data is not None else model_nbytes(proto) > size_threshold
+    lazy = any(not t.HasField("raw_data") for t in _external_tensors(proto))
+    if lazy and external_data is False:
+        raise OnnxoptError("this model's weights exceed 2 GB: it can only be saved with external data")
+    use_external = lazy or (external_data if external_data is not None else model_nbytes(proto) > size_threshold)
     if use_external and (parent / data_name).resolve() in protected:
         raise OnnxoptError(f"refusing to overwrite the input's external data file {parent / data_name}")
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
     try:
         tmp_model = tmpdir / path.name
         if use_external:
-            onnx.save_model(proto, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=1024)
-        else:
-            with open(tmp_model, "wb") as fh:
-                fh.write(proto.SerializeToString())
-                fh.flush()
-                os.fsync(fh.fileno())
+            _write_external(proto, tmp_model, data_name, source_dir)
+        with open(tmp_model, "wb") as fh:
+            fh.write(proto.SerializeToString())
+            fh.flush()
+            os.fsync(fh.fileno())
         if validate is not None:
             validate(tmp_model)
         if (tmpdir / data_name).exists():
@@ -231,4 +314,6 @@ def save_proto(proto: onnx.ModelProto, path, *, external_data: bool | None = Non
 def save_model(model: Model, path, *, external_data: bool | None = None, protect=(),
                validate: Callable[[Path], None] | None = None) -> Path:
     """Export and atomically save a :class:`Model` (see :func:`save_proto`)."""
-    return save_proto(model.to_onnx(), path, external_data=external_data, protect=protect, validate=validate)
+    source_dir = model.source.parent if model.source is not None else None
+    return save_proto(model.to_onnx(), path, external_data=external_data, protect=protect, validate=validate,
+                      source_dir=source_dir)

@@ -166,9 +166,38 @@ class Model:
         return f"Model(opset={self.opset}, nodes={len(self.graph.nodes)}, source={self.source})"
 
 
+class ExternalValues(gs.ir.tensor.LazyValues):
+    """Values of a tensor kept in external data, read from the model's folder only when used.
+
+    gs exports a LazyValues constant as its original TensorProto, so an unchanged
+    weight of a > 2 GB model never enters memory; :func:`save_proto` copies its
+    bytes from ``base_dir`` into the output's data file.
+    """
+
+    def __init__(self, tensor: onnx.TensorProto, base_dir: Path):
+        super().__init__(tensor)
+        self.base_dir = Path(base_dir)
+
+    def load(self):
+        t = onnx.TensorProto()
+        t.CopyFrom(self.tensor)
+        from onnxopt.ir.io import check_external_location
+
+        location = next((e.value for e in t.external_data if e.key == "location"), "")
+        check_external_location(location, self.base_dir)
+        onnx.external_data_helper.load_external_data_for_tensor(t, str(self.base_dir))
+        return onnx.numpy_helper.to_array(t)
+
+
 def constant_array(tensor: gs.Tensor) -> np.ndarray | None:
-    """The numpy value of a gs.Constant, or of a Variable produced by a Constant node."""
+    """The numpy value of a gs.Constant, or of a Variable produced by a Constant node.
+
+    A weight left on disk (:class:`ExternalValues`, models over 2 GB) is read
+    without being cached, so looking at it does not pull it into memory for good.
+    """
     if isinstance(tensor, gs.Constant):
+        if isinstance(tensor._values, ExternalValues):
+            return tensor._values.load()
         return tensor.values
     if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
         attrs = tensor.inputs[0].attrs

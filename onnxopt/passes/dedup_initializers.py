@@ -19,7 +19,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt.ir.edit import replace_uses
-from onnxopt.ir.model import Model
+from onnxopt.ir.model import Model, constant_array
 from onnxopt.passes.base import Pass, PassResult, register
 
 
@@ -60,10 +60,14 @@ class MergeDuplicateInitializers(Pass):
     def run(self, model: Model) -> PassResult:
         groups: dict[tuple, list[gs.Constant]] = {}
         merged = bytes_saved = 0
-        for tensor in mergeable_initializers(model.graph):
-            values = np.asarray(tensor.values)
+        by_layout: dict[tuple, list[gs.Constant]] = {}
+        for tensor in mergeable_initializers(model.graph):  # only same dtype+shape can be equal: read those only
+            by_layout.setdefault((np.dtype(tensor.dtype).str, tuple(tensor.shape)), []).append(tensor)
+        candidates = [t for same in by_layout.values() if len(same) > 1 for t in same]
+        for tensor in candidates:
+            values = np.asarray(constant_array(tensor))
             bucket = groups.setdefault(initializer_key(values), [])
-            keep = next((k for k in bucket if same_bytes(np.asarray(k.values), values)), None)
+            keep = next((k for k in bucket if same_bytes(np.asarray(constant_array(k)), values)), None)
             if keep is None:
                 bucket.append(tensor)
                 continue
