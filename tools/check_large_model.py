@@ -29,20 +29,28 @@ def build(workdir: Path, gib: float) -> Path:
     n = 4096
     k = int(gib / 2 * 2**30 / 4 / n)
     rng = np.random.default_rng(0)
-    inits = []
-    for name, shape in (("W1", (k, n)), ("W2", (n, k))):
-        inits.append(onnx.numpy_helper.from_array(rng.standard_normal(shape, dtype=np.float32) / np.sqrt(shape[0]), name))
-    inits += [onnx.numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "b1"),
-              onnx.numpy_helper.from_array(rng.standard_normal(k).astype(np.float32), "b2")]
+    path = workdir / "large.onnx"
+    inits, offset = [], 0
+    # written straight to the data file: no protobuf message may hold more than 2 GB
+    with open(workdir / "large.onnx.data", "wb") as fh:
+        for name, shape in (("W1", (k, n)), ("W2", (n, k)), ("b1", (n,)), ("b2", (k,))):
+            arr = (rng.standard_normal(shape, dtype=np.float32) / np.sqrt(shape[0])).astype(np.float32)
+            fh.write(arr.tobytes())
+            t = onnx.TensorProto(name=name, data_type=onnx.TensorProto.FLOAT, dims=list(shape))
+            t.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", "large.onnx.data"), ("offset", str(offset)), ("length", str(arr.nbytes))):
+                entry = t.external_data.add()
+                entry.key, entry.value = key, value
+            offset += arr.nbytes
+            inits.append(t)
+            del arr
     graph = oh.make_graph(
         [oh.make_node("MatMul", ["x", "W1"], ["m1"]), oh.make_node("Add", ["m1", "b1"], ["h"]),
          oh.make_node("MatMul", ["h", "W2"], ["m2"]), oh.make_node("Add", ["m2", "b2"], ["y"])], "large",
         [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", k])],
         [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", k])], inits)
-    del inits
     model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
-    path = workdir / "large.onnx"
-    onnx.save_model(model, str(path), save_as_external_data=True, location="large.onnx.data", size_threshold=1024)
+    onnx.save_model(model, str(path))
     return path
 
 
