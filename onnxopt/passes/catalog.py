@@ -16,8 +16,10 @@ from onnxopt.passes import (  # noqa: F401
     simplify_reshapes,
 )
 from onnxopt.passes.base import PassManager, create_pass, register_factory
+from onnxopt.quantize import qdq as _quantize_qdq  # noqa: F401,E402  (registers insert_qdq)
 from onnxopt.prune import structured as _prune_structured  # noqa: F401,E402  (registers prune_structured)
 from onnxopt.prune import unstructured as _prune_unstructured  # noqa: F401,E402  (registers prune_unstructured)
+from onnxopt.pipeline import steps as _pipeline_steps  # noqa: F401,E402  (prune, distill, quantize, check, report)
 
 #: the default ``optimize`` pipeline, run to a fixed point
 CLEANUP_PASSES: tuple[str, ...] = (
