@@ -8,7 +8,7 @@ from conftest import random_feeds, run_ort
 from test_prune_graphs import GRAPHS, concat, grouped, residual, se_block
 
 from onnxopt.data import input_specs, open_dataset
-from onnxopt.errors import OnnxoptError, UnsupportedError
+from onnxopt.errors import DataError, OnnxoptError
 from onnxopt.ir import Model
 from onnxopt.passes import create_pass
 from onnxopt.prune import analyze
@@ -232,12 +232,12 @@ def test_activation_importance_streams_batches(tmp_path):
         make_importance("activation")
 
 
-def test_random_is_seeded_and_taylor_says_why_not():
+def test_random_is_seeded_and_taylor_needs_data():
     model = model_of(residual)
     plan = analyze(model)
     a, b, c = Random(1).scores(model, plan), Random(1).scores(model, plan), Random(2).scores(model, plan)
     assert all(np.array_equal(a[k], b[k]) for k in a) and any(not np.array_equal(a[k], c[k]) for k in a)
-    with pytest.raises(UnsupportedError, match="taylor"):
+    with pytest.raises(DataError, match="calibration"):
         make_importance("taylor")
 
 

@@ -79,7 +79,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     sel = p.add_argument_group("selection")
     sel.add_argument("--importance", choices=list(CRITERIA), default="l1",
                      help="structured unit scores: l1/l2 (weight norms), bn (|BN gamma|), activation (mean "
-                          "|activation| on --calib), apoz (non-zero fraction on --calib), taylor (not yet), "
+                          "|activation| on --calib), apoz (non-zero fraction on --calib), taylor (|w * dL/dw| "
+                          "on --calib, needs torch), "
                           "random (seeded control); default l1")
     scope = sel.add_mutually_exclusive_group()
     scope.add_argument("--global", dest="global_ranking", action="store_true",
@@ -93,7 +94,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     sel.add_argument("--ignore", nargs="+", default=[], metavar="NODE",
                      help="nodes (by name, or a tensor they write) whose channels/weights must not change")
     sel.add_argument("--seed", type=int, default=0, help="seed for --importance random (default 0)")
-    DataArgs.add(p, "--calib", help="calibration inputs for --importance activation/apoz: FILE.npz keyed by "
+    DataArgs.add(p, "--calib", help="calibration inputs for --importance activation/apoz/taylor: FILE.npz keyed by "
                                     "input name, FILE.npz:SPLIT, FILE.npy or a folder")
     plan = p.add_argument_group("plans")
     io_ = plan.add_mutually_exclusive_group()
@@ -258,7 +259,7 @@ def run(args) -> int:
     dataset = None
     if args.data:
         dataset = open_dataset(args.data, input_specs(model), DataArgs.parse(args).image)
-    elif mode == "structured" and plan is None and CRITERIA[args.importance].needs_data and args.importance != "taylor":
+    elif mode == "structured" and plan is None and CRITERIA[args.importance].needs_data:
         raise OnnxoptError(f"--importance {args.importance} needs calibration data: --calib DATA")
     before = sizes_of(model, args.model)
     if mode == "structured":
