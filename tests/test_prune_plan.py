@@ -105,12 +105,17 @@ def test_round_to_rounds_the_kept_count_up():
     assert rounded_keep(3, 16, 1, 8) == 8
     assert rounded_keep(3, 4, 2, 4) == 4  # two channels per unit: 2 units are already 4 channels
     assert rounded_keep(1, 4, 2, 4) == 2
+    assert rounded_keep(3, 6, 1, 4) == 3  # under 2 x 4 channels: not rounded (it would keep the whole group)
+    assert rounded_keep(3, 6, 1, 1) == 3
     plan = analyze(model_of(residual))
     scores = {g.id: np.ones(g.size) for g in plan.prunable()}
     select(plan, scores, 0.6, round_to=4)
     for g in plan.prunable():
         kept = len(g.kept_units())
-        assert kept % 4 == 0 or kept == g.size
+        if g.size * g.channels_per_unit >= 8:
+            assert kept % 4 == 0 or kept == g.size
+        else:
+            assert kept == g.size - int(g.size * 0.6 + 1e-9)  # the plain per-layer count
 
 
 def test_global_ranking_respects_the_floor():

@@ -89,8 +89,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        help="the same ratio in every group / layer (default)")
     sel.add_argument("--min-keep", type=float, default=0.1, metavar="F",
                      help="with --global: never keep less than this fraction of a group (default 0.1)")
-    sel.add_argument("--round-to", type=int, default=1, metavar="N",
-                     help="keep channel counts multiples of N (rounding the kept count up; default 1)")
+    sel.add_argument("--round-to", type=int, default=8, metavar="N",
+                     help="keep channel counts multiples of N, rounding the kept count up (default 8: onnxruntime's "
+                          "CPU kernels slow down on odd channel counts, pruned models got slower than the original "
+                          "without it); groups under 2N channels are not rounded; 1 turns rounding off")
     sel.add_argument("--ignore", nargs="+", default=[], metavar="NODE",
                      help="nodes (by name, or a tensor they write) whose channels/weights must not change")
     sel.add_argument("--seed", type=int, default=0, help="seed for --importance random (default 0)")

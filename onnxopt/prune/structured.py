@@ -47,9 +47,13 @@ from onnxopt.prune.plan import PruningPlan
 
 # -- selection ----------------------------------------------------------------------------
 def rounded_keep(keep: int, size: int, channels_per_unit: int, round_to: int) -> int:
-    """The smallest kept count >= ``keep`` whose channel count is a multiple of ``round_to`` (else ``size``)."""
+    """The smallest kept count >= ``keep`` whose channel count is a multiple of ``round_to`` (else ``size``).
+
+    Groups with fewer than ``2 * round_to`` channels are not rounded: rounding
+    would keep them whole, and SIMD width matters little at that size.
+    """
     keep = max(1, min(keep, size))
-    if round_to <= 1:
+    if round_to <= 1 or size * max(channels_per_unit, 1) < 2 * round_to:
         return keep
     step = round_to // math.gcd(round_to, max(channels_per_unit, 1))
     rounded = -(-keep // step) * step
