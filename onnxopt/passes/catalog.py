@@ -12,6 +12,7 @@ from onnxopt.passes import (  # noqa: F401
     fold_shape_subgraphs,
     fuse_matmul_add,
     fuse_scale_into_conv,
+    reduce_mean_to_gap,
     remove_identity,
     simplify_reshapes,
 )
@@ -27,6 +28,7 @@ CLEANUP_PASSES: tuple[str, ...] = (
     "fold_constants",
     "fold_shape_subgraphs",
     "simplify_reshapes",
+    "reduce_mean_to_gap",
     "fold_batchnorm",
     "fuse_scale_into_conv",
     "fuse_conv_add_bias",
