@@ -15,7 +15,7 @@ from onnxopt.passes.base import PassResult, register
 from onnxopt.pipeline.context import DataRole
 from onnxopt.pipeline.step import PipelineStep
 from onnxopt.prune.importance import CRITERIA
-from onnxopt.prune.structured import check_ratio, prune_structured
+from onnxopt.prune.structured import check_ratio, finish_prune, prune_structured
 
 
 @register
@@ -54,13 +54,9 @@ class PruneStep(PipelineStep):
         res = prune_structured(model, ratio=self.ratio, target_macs=self.target_macs, importance=self.importance,
                                global_ranking=self.global_ranking, min_keep=self.min_keep, round_to=self.round_to,
                                ignore=self.ignore, dataset=dataset, seed=self.seed)
-        if self.save_plan:
-            res.plan.save(self.save_plan)
         self.ctx.record_pruning(res.plan)
-        res.model.notes.extend(n for n in res.plan.notes if n not in res.model.notes)
-        removed = res.plan.removed_units()
-        stats = {"groups_pruned": sum(1 for g in res.plan.groups if g.removed_units()), "units_removed": removed,
-                 "ratio": round(res.ratio, 4)}
+        result = finish_prune(res, self.save_plan)
+        result.stats["ratio"] = round(res.ratio, 4)
         if res.macs_before:
-            stats["macs_kept"] = round(res.macs_after / res.macs_before, 4)
-        return PassResult(res.model, removed > 0, stats)
+            result.stats["macs_kept"] = round(res.macs_after / res.macs_before, 4)
+        return result

@@ -616,19 +616,25 @@ class PruneStructured(Pass):
         res = prune_structured(model, ratio=self.ratio, target_macs=self.target_macs, importance=self.importance,
                                global_ranking=self.global_ranking, min_keep=self.min_keep, round_to=self.round_to,
                                ignore=self.ignore, dataset=dataset, seed=self.seed, plan=loaded)
-        if self.save_plan:
-            res.plan.save(self.save_plan)
-        res.model.notes.extend(n for n in res.plan.notes if n not in res.model.notes)
-        removed = res.plan.removed_units()
-        return PassResult(res.model, removed > 0,
-                          {"groups_pruned": sum(1 for g in res.plan.groups if g.removed_units()),
-                           "units_removed": removed})
+        return finish_prune(res, self.save_plan)
+
+
+def finish_prune(res, save_plan: str | None) -> PassResult:
+    """What every pruning pass does after :func:`prune_structured`: save the plan, keep its notes, count."""
+    if save_plan:
+        res.plan.save(save_plan)
+    res.model.notes.extend(n for n in res.plan.notes if n not in res.model.notes)
+    removed = res.plan.removed_units()
+    return PassResult(res.model, removed > 0,
+                      {"groups_pruned": sum(1 for g in res.plan.groups if g.removed_units()),
+                       "units_removed": removed})
 
 
 __all__ = [
     "PRUNERS",
     "PruneStructured",
     "apply_plan",
+    "finish_prune",
     "prune_structured",
     "rounded_keep",
     "select",
