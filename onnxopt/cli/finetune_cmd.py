@@ -78,6 +78,15 @@ def add_parser(sub):
                    help="hold weights that are exactly 0 at the start at 0 (default on: pruned weights stay pruned)")
     t.add_argument("--reestimate-bn", type=int, default=0, metavar="BATCHES",
                    help="after training, recompute BatchNormalization statistics over this many batches")
+    t.add_argument("--schedule", choices=["constant", "cosine"], default="cosine",
+                   help="learning rate: cosine decay after a short warm-up (default), or constant")
+    t.add_argument("--augment", choices=["none", "shift-flip", "shift"], default="none",
+                   help="image augmentation per batch: random shifts of up to 2 pixels (+ horizontal flips); "
+                        "default none")
+    t.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=True,
+                   help="read --data into memory and reshuffle it every epoch (default on; --no-shuffle streams "
+                        "it in file order)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the shuffling and augmentation (default 0)")
     t.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch and onnxruntime")
     p.add_argument("--eval", dest="eval_data", metavar="DATA",
                    help="held-out data (with 'labels' for accuracy) to evaluate before and after")
@@ -122,6 +131,16 @@ def resolve_hints(names: list[str], plan: Path | None) -> dict[str, list[int] | 
         raise OnnxoptError("--plan gives kept channels for --hint tensors; name at least one --hint")
     kept = kept_channels_from_plan(plan) if plan is not None else {}
     return {n: kept.get(n) for n in names}
+
+
+def open_named_or_file(source: str, specs, image, flag: str):
+    """``fashion-mnist`` / ``fashion-mnist:test`` (the Debian package's full splits) or a data file/folder."""
+    from onnxopt.pipeline.data import NAMED_DATASETS, fashion_mnist_dataset
+
+    key = str(source).strip().lower()
+    if key in NAMED_DATASETS:
+        return fashion_mnist_dataset(NAMED_DATASETS[key], specs, f"{flag} {source}")
+    return open_dataset(source, specs, image)
 
 
 def _input_files(path: Path) -> list[Path]:
@@ -179,8 +198,8 @@ def run(args) -> int:
     teacher = load_model(args.teacher)
     specs = input_specs(student)
     image = DataArgs.parse(args).image
-    data = open_dataset(args.data, specs, image)
-    eval_ds = open_dataset(args.eval_data, specs, image) if args.eval_data else None
+    data = open_named_or_file(args.data, specs, image, "--data")
+    eval_ds = open_named_or_file(args.eval_data, specs, image, "--eval") if args.eval_data else None
     if args.threads:
         use_threads(args.threads)
     show = Printer(quiet=args.quiet, json_dest=args.json)
@@ -191,7 +210,9 @@ def run(args) -> int:
                       eval_data=eval_ds, batch_size=args.batch_size, teacher_runtime=args.teacher_runtime,
                       learn_scales=args.learn_scales, keep_zeros=args.keep_zeros,
                       reestimate_bn_batches=args.reestimate_bn, max_steps=args.max_steps,
-                      progress=not args.quiet and stderr_is_tty(), threads=args.threads)
+                      progress=not args.quiet and stderr_is_tty(), threads=args.threads, shuffle=args.shuffle,
+                      augment=None if args.augment == "none" else args.augment, schedule=args.schedule,
+                      seed=args.seed)
     save_validated(result.model, out, external_data=args.external_data, protect=protect)
     report = FinetuneReport(
         student=str(args.model), teacher=str(args.teacher), output=str(out), epochs=result.epochs,

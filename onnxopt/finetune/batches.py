@@ -116,3 +116,44 @@ class BatchReader:
             return {self.input_names[0]: batch[0], **({LABEL_KEY: batch[1]} if len(batch) == 2 else {})}
         raise DataError(f"{self.description}: a batch must be a dict of arrays keyed by input name "
                         f"(plus optional 'labels'), got {type(batch).__name__}")
+
+
+class ShuffledBatches:
+    """In-memory arrays served as batches in a new seeded order on every pass (every epoch).
+
+    Training on a fixed order (what :meth:`Dataset.batches` gives) makes the
+    last batches of every epoch the same and slows recovery; this reshuffles.
+    ``transform(batch, rng) -> batch`` is a per-batch hook (data augmentation,
+    e.g. :class:`~onnxopt.finetune.augment.RandomShiftFlip`); it gets the
+    pass's numpy Generator so runs are reproducible from ``seed``.
+    """
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], batch_size: int, *, seed: int = 0,
+                 transform=None, drop_last: bool = False):
+        if batch_size < 1:
+            raise DataError("batch size must be >= 1")
+        sizes = {k: len(v) for k, v in arrays.items()}
+        if not sizes or len(set(sizes.values())) != 1:
+            raise DataError(f"arrays must share one sample count, got {sizes or 'none'}")
+        self.arrays = dict(arrays)
+        self.n = next(iter(sizes.values()))
+        if self.n == 0:
+            raise DataError("no samples to train on")
+        self.batch_size, self.seed, self.transform, self.drop_last = batch_size, seed, transform, drop_last
+        self.passes = 0
+
+    @classmethod
+    def from_dataset(cls, data: Dataset, batch_size: int, **kwargs) -> "ShuffledBatches":
+        return cls(data.arrays(), batch_size, **kwargs)
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        rng = np.random.default_rng((self.seed, self.passes))
+        self.passes += 1
+        order = rng.permutation(self.n)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            idx = np.sort(order[start:start + self.batch_size])
+            batch = {k: v[idx] for k, v in self.arrays.items()}
+            yield self.transform(batch, rng) if self.transform is not None else batch

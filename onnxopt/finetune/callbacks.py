@@ -117,3 +117,58 @@ class Checkpoint(Callback):
             target = Path(self.path.format(epoch=epoch))
             save_model(self.trainer.current_model(), target, protect=self.trainer.protected_paths)
             self.saved.append(target)
+
+
+class CosineLR(Callback):
+    """Learning-rate schedule: linear warm-up over ``warmup`` (fraction of all steps), then cosine decay to ``floor``.
+
+    Short fine-tuning runs recover far more with a decaying rate than with a
+    constant one (the last epochs settle into a minimum instead of bouncing).
+    Needs the total step count: :class:`~onnxopt.finetune.distill.Distiller`
+    sets ``total_steps`` before ``on_train_start`` when the data has a length
+    (a Dataset, a list, a DataLoader) or ``max_steps`` is given.
+    """
+
+    def __init__(self, *, warmup: float = 0.05, floor: float = 0.0):
+        if not 0.0 <= warmup < 1.0:
+            raise OnnxoptError(f"warm-up fraction must be in [0, 1), got {warmup}")
+        if not 0.0 <= floor < 1.0:
+            raise OnnxoptError(f"final learning-rate fraction must be in [0, 1), got {floor}")
+        self.warmup, self.floor = float(warmup), float(floor)
+        self.optimizer = None
+        self.base: list[float] = []
+        self.total = 0
+        self.last_lr: float | None = None
+
+    def on_train_start(self, trainer) -> None:
+        total = getattr(trainer, "total_steps", None)
+        if not total:
+            raise OnnxoptError("a cosine learning-rate schedule needs the number of steps: give data with a "
+                               "length (a Dataset, a list, a DataLoader) or max_steps")
+        self.optimizer, self.total = trainer.optimizer, int(total)
+        self.base = [g["lr"] for g in self.optimizer.param_groups]
+        self._set(0)
+
+    def factor(self, step: int) -> float:
+        """The learning-rate multiplier before update ``step + 1`` (0-based ``step``)."""
+        import math
+
+        warm = int(self.warmup * self.total)
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, self.total - warm)
+        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    def _set(self, step: int) -> None:
+        f = self.factor(step)
+        for group, base in zip(self.optimizer.param_groups, self.base):
+            group["lr"] = base * f
+        self.last_lr = self.base[0] * f if self.base else None
+
+    def on_step_end(self, step: int, losses: dict) -> None:
+        if self.optimizer is not None:
+            self._set(step)
+
+
+#: learning-rate schedules by the names the CLI and recipes use
+SCHEDULES = {"constant": None, "cosine": CosineLR}

@@ -33,15 +33,18 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from onnxopt.data import input_specs
+from onnxopt.data import Dataset, input_specs
 from onnxopt.errors import DataError, OnnxoptError
 from onnxopt.finetune.batches import (
     BatchReader,
+    ShuffledBatches,
     check_reiterable,
     count_batches,
     iterate,
     open_data,
 )
+from onnxopt.finetune.augment import AUGMENTATIONS
+from onnxopt.finetune.callbacks import SCHEDULES
 from onnxopt.finetune.executor import GraphExecutor
 from onnxopt.finetune.writeback import BNReport, ZeroMasks, reestimate_bn, write_back
 from onnxopt.ir.io import load_model
@@ -271,6 +274,7 @@ class Distiller:
         self.protected_paths = [p for p in (student.source, teacher.source) if p is not None]
         self.epoch = 0
         self.step = 0
+        self.total_steps: int | None = None
         self._shapes_checked = False
 
     def _check_hints(self) -> None:
@@ -378,6 +382,7 @@ class Distiller:
                                 notes=list(self.executor.notes))
         if self.masks is not None:
             result.masked_zeros = self.masks.zeros
+        self.total_steps = total
         if eval_data is not None:
             result.eval_before = self.evaluate(eval_data, batch_size)
         _fire(callbacks, "on_train_start", self)
@@ -458,6 +463,17 @@ class Distiller:
                 p.copy_(s)
 
 
+def _resolve_named(value, table: dict, what: str):
+    """A hook given by name (built with its defaults), as an object, or None."""
+    if value is None or not isinstance(value, str):
+        return value
+    key = value.strip().lower()
+    if key not in table:
+        raise OnnxoptError(f"unknown {what} {value!r}; choose {', '.join(table)}")
+    factory = table[key]
+    return factory() if factory is not None else None
+
+
 def use_threads(n: int) -> None:
     """Set torch's CPU threads for this process (the CLI's ``--threads``; a library caller decides its own)."""
     torch.set_num_threads(int(n))
@@ -468,7 +484,8 @@ def finetune(student, teacher, data, *, epochs: int = 1, lr: float = 1e-4, optim
              hints=(), hint_weight: float = 1.0, eval_data=None, batch_size: int = 64,
              teacher_runtime: str = "onnxruntime", learn_scales: bool = False, keep_zeros: bool = True,
              reestimate_bn_batches: int = 0, max_steps: int | None = None, progress: bool | None = None,
-             threads: int | None = None) -> FinetuneResult:
+             threads: int | None = None, shuffle: bool = True, augment=None, schedule=None,
+             seed: int = 0) -> FinetuneResult:
     """Distill ``teacher`` into ``student`` on ``data``; the result holds the student with trained weights.
 
     ``student``/``teacher``: :class:`Model` s or paths (never modified).
@@ -481,9 +498,29 @@ def finetune(student, teacher, data, *, epochs: int = 1, lr: float = 1e-4, optim
     else to replace it. ``hints``: tensor names, or ``{name: kept_indices}``
     for pruned tensors. ``reestimate_bn_batches``: after training, recompute
     BatchNorm statistics over that many training batches.
+    ``shuffle``: a :class:`~onnxopt.data.Dataset` (or data path) is read into
+    memory and served in a new seeded order every epoch
+    (:class:`~onnxopt.finetune.batches.ShuffledBatches`); other iterables are
+    used as given. ``augment``: a per-batch hook ``(batch, rng) -> batch``
+    (e.g. :class:`~onnxopt.finetune.augment.RandomShiftFlip`) or a name in
+    :data:`~onnxopt.finetune.augment.AUGMENTATIONS`; needs ``shuffle``.
+    ``schedule``: None/"constant", "cosine" (:class:`CosineLR`), or a callback.
     """
     student_m = _as_model(student, "student")
     teacher_m = _as_model(teacher, "teacher")
+    augment = _resolve_named(augment, AUGMENTATIONS, "augmentation")
+    if augment is not None and not shuffle:
+        raise OnnxoptError("data augmentation needs shuffle=True (it runs on the shuffled in-memory batches)")
+    if shuffle:
+        opened = open_data(data, student_m, "training data")
+        if isinstance(opened, Dataset):
+            data = ShuffledBatches.from_dataset(opened, batch_size, seed=seed, transform=augment)
+        elif augment is not None:
+            raise OnnxoptError("data augmentation works on a Dataset or data path; augment your own iterable "
+                               "in its own pipeline")
+    schedule = _resolve_named(schedule, SCHEDULES, "learning-rate schedule")
+    if schedule is not None:
+        callbacks = [schedule, *callbacks]
     distiller = Distiller(student_m, teacher_m, lr=lr, optimizer=optimizer, loss=loss, temperature=temperature,
                           alpha=alpha, hints=hints, hint_weight=hint_weight, teacher_runtime=teacher_runtime,
                           learn_scales=learn_scales, keep_zeros=keep_zeros, threads=threads)

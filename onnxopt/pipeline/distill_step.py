@@ -29,7 +29,17 @@ class DistillStep(PipelineStep):
 
     def __init__(self, epochs: int = 3, lr: float = 1e-3, batch_size: int = 64, temperature: float = 4.0,
                  alpha: float = 0.5, hints: bool = True, hint_weight: float = 0.5, optimizer: str = "adam",
-                 max_steps: int | None = None, learn_scales: bool = False, threads: int | None = None):
+                 max_steps: int | None = None, learn_scales: bool = False, threads: int | None = None,
+                 schedule: str = "cosine", augment: str = "none", shuffle: bool = True, seed: int = 0):
+        from onnxopt.finetune.augment import AUGMENTATIONS
+        from onnxopt.finetune.callbacks import SCHEDULES
+
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, not {augment!r}")
+        if augment != "none" and not shuffle:
+            raise ValueError("augment needs shuffle: true")
         if epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {epochs}")
         if not lr > 0:
@@ -51,6 +61,10 @@ class DistillStep(PipelineStep):
         self.max_steps = max_steps
         self.learn_scales = learn_scales
         self.threads = threads
+        self.schedule = schedule
+        self.augment = augment
+        self.shuffle = shuffle
+        self.seed = seed
 
     def data_needs(self) -> tuple[DataRole, ...]:
         return (DataRole.TRAIN,)
@@ -75,7 +89,9 @@ class DistillStep(PipelineStep):
         result = finetune(model, teacher, data, epochs=self.epochs, lr=self.lr, optimizer=self.optimizer,
                           temperature=self.temperature, alpha=self.alpha, hints=hints, hint_weight=self.hint_weight,
                           batch_size=self.batch_size, learn_scales=self.learn_scales, keep_zeros=True,
-                          max_steps=self.max_steps, progress=False, threads=self.threads)
+                          max_steps=self.max_steps, progress=False, threads=self.threads, shuffle=self.shuffle,
+                          augment=None if self.augment == "none" else self.augment, schedule=self.schedule,
+                          seed=self.seed)
         trained = result.model
         trained.notes = list(dict.fromkeys(model.notes + result.notes))
         if result.diverged:
