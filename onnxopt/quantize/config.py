@@ -9,6 +9,7 @@ CPU) into concrete values and says why in ``notes``.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -88,6 +89,14 @@ class QuantizeConfig:
     tensorrt: symmetric int8). ``reduce_range=None`` means auto: 7-bit weights
     on a CPU target when this host lacks VNNI (AVX2's u8*s8 multiply-add
     saturates int16 with full 8-bit weights), full range otherwise.
+
+    The accuracy budget (see :mod:`onnxopt.quantize.fallback`): ``max_drop``
+    is the most top-1 accuracy (percentage points, on labelled eval data) the
+    quantized model may lose against the float one, ``min_sqnr`` the least
+    output SQNR (dB, no labels needed). When quantization misses the budget,
+    the most sensitive Conv/Gemm/MatMul are left float one by one until it is
+    met. ``max_drop`` with auto ``reduce_range`` on a CPU without VNNI also
+    tries both weight ranges and keeps the more accurate one.
     """
 
     method: Method = Method.MINMAX
@@ -102,6 +111,8 @@ class QuantizeConfig:
     num_bins: int = 2048
     batch_size: int = 16
     threads: int | None = None
+    max_drop: float | None = None
+    min_sqnr: float | None = None
     notes: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self):
@@ -120,6 +131,10 @@ class QuantizeConfig:
             raise OnnxoptError(f"histogram bins must be an even number >= 256, got {self.num_bins}")
         if self.batch_size < 1:
             raise OnnxoptError("calibration batch size must be >= 1")
+        if self.max_drop is not None and not (math.isfinite(self.max_drop) and self.max_drop >= 0):
+            raise OnnxoptError(f"max_drop is a top-1 budget in percentage points >= 0, got {self.max_drop}")
+        if self.min_sqnr is not None and not math.isfinite(self.min_sqnr):
+            raise OnnxoptError(f"min_sqnr must be a finite number of dB, got {self.min_sqnr}")
         if self.target is Target.TENSORRT and self.activations is Activations.ASYMMETRIC:
             raise UnsupportedError("TensorRT takes symmetric int8 activations only; use --activations symmetric "
                                    "(or leave it out) with --target tensorrt")
@@ -152,7 +167,20 @@ class QuantizeConfig:
             "exclude": list(r.exclude),
             "percentile": r.percentile if r.method is Method.PERCENTILE else None,
             "moving_average": r.moving_average if r.method is Method.MINMAX else None,
+            "max_drop": r.max_drop,
+            "min_sqnr": r.min_sqnr,
         }
+
+    @property
+    def has_budget(self) -> bool:
+        """True when an accuracy budget (``max_drop`` or ``min_sqnr``) asks for a fallback check."""
+        return self.max_drop is not None or self.min_sqnr is not None
+
+    def wants_reduce_range_ab(self) -> bool:
+        """Try 7-bit and 8-bit weights and keep the more accurate: ``max_drop`` with auto reduce_range on
+        a CPU target on a host without VNNI (where the auto choice is a guess about saturation)."""
+        return (self.max_drop is not None and self.reduce_range is None and self.target is Target.CPU
+                and not host_has_vnni())
 
 
 def _coerce(enum_type, value, name):
