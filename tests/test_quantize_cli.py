@@ -136,3 +136,17 @@ def test_process_exit_code_and_single_line(files):
                            "--calib", str(calib), "--target", "cuda"], capture_output=True, text=True, cwd=ROOT, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("onnxopt quantize: error:") and "Traceback" not in proc.stderr
+
+
+def test_equalize_and_bias_correction_flags(files, capsys):
+    model, calib, tmp = files
+    out, report = tmp / "q.onnx", tmp / "report.json"
+    rc = main(["quantize", str(model), "-o", str(out), "--calib", f"{calib}:calib", "--equalize",
+               "--bias-correction", "one-shot", "--report", str(report), "--batch-size", "8"])
+    assert rc == 0
+    onnx.checker.check_model(str(out), full_check=True)
+    doc = json.loads(report.read_text())["report"]
+    assert doc["config"]["equalize"] is True and doc["config"]["bias_correction"] == "one-shot"
+    assert doc["bias_correction"]["corrected"] and not doc["bias_correction"]["sequential"]
+    assert any("cross-layer equalization" in n for n in doc["notes"])
+    assert doc["fusion"]["unfused"] == 0

@@ -28,7 +28,7 @@ from onnxopt.cli.report import Printer, format_float, format_table, to_jsonable,
 from onnxopt.data import input_specs, open_dataset
 from onnxopt.errors import CheckFailed, DataError, OnnxoptError
 from onnxopt.ir import load_model
-from onnxopt.quantize.config import Activations, Method, QuantizeConfig, Weights, parse_target
+from onnxopt.quantize.config import Activations, BiasCorrection, Method, QuantizeConfig, Weights, parse_target
 
 #: calibration samples reused for the float-vs-quantized output comparison
 QUALITY_SAMPLES = 256
@@ -65,6 +65,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "TensorRT), mse (least expected quantization error)")
     g.add_argument("--percentile", type=float, default=99.999, metavar="P",
                    help="for --method percentile: keep P%% of the values (default 99.999)")
+    g.add_argument("--equalize", action="store_true",
+                   help="cross-layer equalization of Conv pairs before quantizing (exact through Relu/LeakyRelu; "
+                        "pairs with ReLU6 between them are skipped); helps nets whose per-tensor weight ranges "
+                        "differ a lot between channels")
+    g.add_argument("--bias-correction", choices=[b.value for b in BiasCorrection], default=BiasCorrection.OFF.value,
+                   help="remove the mean output shift quantization adds to each Conv/Gemm, measured on --calib: "
+                        "one-shot (one pass) or sequential (one pass per layer, stronger, slower); default off")
     g.add_argument("--moving-average", action="store_true",
                    help="for --method minmax: a moving average of per-batch min/max instead of the global extremes")
     g.add_argument("--activations", choices=[a.value for a in Activations], default=None,
@@ -121,7 +128,8 @@ def build_config(args) -> QuantizeConfig:
                           reduce_range=args.reduce_range, target=parse_target(args.target),
                           exclude=tuple(args.exclude), percentile=args.percentile,
                           moving_average=args.moving_average, batch_size=args.batch_size, threads=args.threads,
-                          max_drop=args.max_drop, min_sqnr=args.min_sqnr)
+                          max_drop=args.max_drop, min_sqnr=args.min_sqnr, equalize=args.equalize,
+                          bias_correction=args.bias_correction)
 
 
 def _float_reasons(float_nodes: list[dict]) -> list[tuple[str, str, int]]:

@@ -7,6 +7,7 @@ from onnxopt.passes import (  # noqa: F401
     conv_add_bias,
     dead_code,
     dedup_initializers,
+    equalize_cross_layer,
     fold_batchnorm,
     fold_constants,
     fold_shape_subgraphs,

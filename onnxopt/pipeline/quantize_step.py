@@ -32,7 +32,8 @@ class QuantizeStep(PipelineStep):
     def __init__(self, method: str = "minmax", activations: str | None = None, weights: str = "per-channel",
                  reduce_range: bool | None = None, target: str = "cpu", exclude: list[str] | None = None,
                  percentile: float = 99.999, batch_size: int = 16, calib_limit: int | None = None,
-                 max_drop: float | None = None, min_sqnr: float | None = None):
+                 max_drop: float | None = None, min_sqnr: float | None = None, equalize: bool = False,
+                 bias_correction: str = "off"):
         from onnxopt.quantize.config import QuantizeConfig, parse_target
 
         self.method = method
@@ -48,11 +49,14 @@ class QuantizeStep(PipelineStep):
         self.calib_limit = calib_limit
         self.max_drop = max_drop
         self.min_sqnr = min_sqnr
+        self.equalize = equalize
+        self.bias_correction = bias_correction
         try:
             self.config = QuantizeConfig(method=method, activations=activations, weights=weights,
                                          reduce_range=reduce_range, target=parse_target(target),
                                          exclude=tuple(self.exclude), percentile=percentile, batch_size=batch_size,
-                                         max_drop=max_drop, min_sqnr=min_sqnr)
+                                         max_drop=max_drop, min_sqnr=min_sqnr, equalize=equalize,
+                                         bias_correction=bias_correction)
         except OnnxoptError as exc:
             raise ValueError(str(exc)) from exc
 

@@ -28,7 +28,7 @@ import onnx
 from onnxopt.errors import CheckFailed, DataError, UnsupportedError
 from onnxopt.ir.model import Model
 from onnxopt.quantize.calibrate import CalibrationStats, calibrate
-from onnxopt.quantize.config import Activations, Method, QuantizeConfig, Target, Weights, parse_target
+from onnxopt.quantize.config import Activations, BiasCorrection, Method, QuantizeConfig, Target, Weights, parse_target
 from onnxopt.quantize.fallback import Budget, FallbackReport, choose_reduce_range, meet_budget
 from onnxopt.quantize.fusion import FusionReport, fusion_report
 from onnxopt.quantize.placement import QuantPlan, plan_quantization
@@ -61,6 +61,7 @@ class QuantizeReport:
     calibration: CalibrationStats | None = None
     fusion: FusionReport | None = None
     fallback: FallbackReport | None = None  # what the accuracy budget did (when there is one)
+    bias_correction: dict | None = None  # per-layer corrections (BiasCorrectionStats.to_json) when switched on
 
     def to_json(self) -> dict:
         doc = {k: v for k, v in asdict(self).items() if k not in ("fusion", "calibration", "insert", "fallback")}
@@ -163,6 +164,17 @@ def _quantize_prepared(work: Model, fingerprint: str, calib, config: QuantizeCon
         for name in unfused:
             keep_float[name] = UNFUSED_REASON
     result_model = candidate
+    correction = None
+    if config.bias_correction is not BiasCorrection.OFF:
+        if calib is None:
+            raise DataError("bias correction measures on calibration data; give --calib (saved ranges alone "
+                            "are not enough)")
+        from onnxopt.quantize.bias_correction import correct_bias
+
+        correction = correct_bias(work, result_model, calib, nodes=[n.name for n in plan.compute_nodes()],
+                                  sequential=config.bias_correction is BiasCorrection.SEQUENTIAL,
+                                  batch_size=config.batch_size, threads=config.threads)
+        _validate(result_model)
     notes = list(dict.fromkeys(result_model.notes + list(config.notes)))
     n_unfused = sum(1 for why in keep_float.values() if why == UNFUSED_REASON)
     if n_unfused:
@@ -197,6 +209,8 @@ def _quantize_prepared(work: Model, fingerprint: str, calib, config: QuantizeCon
     report = QuantizeReport(config.describe(), notes, fingerprint, ranges.method,
                             {k: [lo, hi] for k, (lo, hi) in sorted(ranges.tensors.items())}, quantized, float_nodes,
                             inserted, ops_before, result_model.op_histogram(), stats, fusion)
+    if correction is not None:
+        report.bias_correction = correction.to_json()
     return QuantizeResult(result_model, ranges, report, plan, config=config, float_model=work,
                           keep_float=dict(keep_float))
 
@@ -245,6 +259,14 @@ def quantize(model: Model, calib=None, config: QuantizeConfig | None = None, *, 
         from onnxopt.passes import create_pass
 
         work = create_pass("cleanup")(work).model
+    if config.equalize:
+        from onnxopt.passes import create_pass
+
+        eq = create_pass("equalize_cross_layer")(work)
+        work = eq.model
+        work.notes.append(f"cross-layer equalization: {eq.stats.get('pairs', 0)} Conv pair(s) rescaled"
+                          + (f", {eq.stats['relu6_pairs_skipped']} skipped (ReLU6 between them is not "
+                             "scale-equivariant)" if eq.stats.get("relu6_pairs_skipped") else ""))
     work, fingerprint = prepare_for_quantization(work)
     quantizer = _Quantizer(work, fingerprint, calib, ranges, ops_before, progress=progress, check_fusion=check_fusion)
     if measure_on is None:

@@ -43,6 +43,14 @@ class Weights(str, enum.Enum):
     PER_TENSOR = "per-tensor"
 
 
+class BiasCorrection(str, enum.Enum):
+    """Empirical bias correction after Q/DQ insertion (:mod:`onnxopt.quantize.bias_correction`)."""
+
+    OFF = "off"
+    ONE_SHOT = "one-shot"      # each layer's own error, one calibration pass
+    SEQUENTIAL = "sequential"  # layer by layer against the float model, one pass per layer (slower, stronger)
+
+
 class Target(str, enum.Enum):
     """The runtime the QDQ graph is shaped for (see :mod:`onnxopt.quantize.placement`)."""
 
@@ -97,6 +105,11 @@ class QuantizeConfig:
     the most sensitive Conv/Gemm/MatMul are left float one by one until it is
     met. ``max_drop`` with auto ``reduce_range`` on a CPU without VNNI also
     tries both weight ranges and keeps the more accurate one.
+
+    ``equalize`` runs cross-layer equalization (the ``equalize_cross_layer``
+    pass) on the float model first; ``bias_correction`` removes the mean
+    output shift quantization adds to each Conv/Gemm, measured on the
+    calibration data.
     """
 
     method: Method = Method.MINMAX
@@ -113,10 +126,13 @@ class QuantizeConfig:
     threads: int | None = None
     max_drop: float | None = None
     min_sqnr: float | None = None
+    equalize: bool = False
+    bias_correction: BiasCorrection = BiasCorrection.OFF
     notes: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self):
-        for name, enum_type in (("method", Method), ("weights", Weights), ("target", Target)):
+        for name, enum_type in (("method", Method), ("weights", Weights), ("target", Target),
+                                ("bias_correction", BiasCorrection)):
             value = getattr(self, name)
             if not isinstance(value, enum_type):
                 object.__setattr__(self, name, _coerce(enum_type, value, name))
@@ -169,6 +185,8 @@ class QuantizeConfig:
             "moving_average": r.moving_average if r.method is Method.MINMAX else None,
             "max_drop": r.max_drop,
             "min_sqnr": r.min_sqnr,
+            "equalize": r.equalize,
+            "bias_correction": r.bias_correction.value,
         }
 
     @property
