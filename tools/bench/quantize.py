@@ -73,6 +73,9 @@ from tools.bench.timing import (  # noqa: E402
 
 ORT_METHODS = ("minmax", "percentile", "entropy")
 ONNXOPT_METHODS = ("minmax", "percentile", "entropy", "mse")
+#: onnxopt variant suffixes (``percentile+bc+budget``): bias correction (sequential / one-shot), cross-layer
+#: equalization, and the accuracy budget (``--budget-drop`` points on a validation split of the train set)
+ONNXOPT_EXTRAS = ("bc", "bc1", "cle", "budget")
 FAMILIES = ("ort", "onnxopt")
 BATCHES = (1, 64)
 HEAD_COLUMNS = ("model", "variant", "top1", "drop_pts")
@@ -146,6 +149,8 @@ class WorkerSpec:
     calib: str            # npz keyed by the model's input name
     reduce_range: bool
     module: str           # onnxopt's quantizer module (for --onnxopt-module)
+    validation: str | None = None  # labelled npz for the ``budget`` extra (train images, not the eval set)
+    max_drop: float = 0.1
 
 
 @dataclass
@@ -231,11 +236,27 @@ def run_onnxopt(spec: WorkerSpec, res: WorkerResult) -> None:
     from onnxopt.data import input_specs, open_dataset
     from onnxopt.ir import load_model, save_model
 
+    method, *extras = spec.method.split("+")
     t0 = time.perf_counter()
     model = load_model(spec.model)
     dataset = open_dataset(spec.calib, input_specs(model))
-    config = mod.QuantizeConfig(method=spec.method, reduce_range=spec.reduce_range, batch_size=CALIB_BATCH)
-    result = mod.quantize(model, dataset, config)
+    options = {}
+    if "bc" in extras or "bc1" in extras:
+        options["bias_correction"] = "sequential" if "bc" in extras else "one-shot"
+    if "cle" in extras:
+        options["equalize"] = True
+    validation = None
+    if "budget" in extras:
+        if spec.validation is None:
+            res.missing = "the budget variant needs the Fashion-MNIST train split for validation"
+            return
+        validation = open_dataset(spec.validation, input_specs(model))
+        options["max_drop"] = spec.max_drop
+    # reduce_range stays auto with a budget (the A/B by accuracy decides); fixed otherwise, like onnxruntime's
+    config = mod.QuantizeConfig(method=method, reduce_range=None if validation is not None else spec.reduce_range,
+                                batch_size=CALIB_BATCH, **options)
+    result = mod.quantize(model, dataset, config, eval_data=validation) if validation is not None \
+        else mod.quantize(model, dataset, config)
     save_model(result.model, spec.output)
     res.quant_s = res.total_s = time.perf_counter() - t0
     res.notes = list(getattr(result.report, "notes", []))
@@ -313,7 +334,8 @@ def bench_model(model_path: Path, data: BenchData, variants: list[Variant], args
         out = mdir / f"{v.label}.onnx"
         print(f"  {name}: {v.label} ...", file=sys.stderr, flush=True)
         spec = WorkerSpec(v.family, v.method, v.preprocess, str(model_path), str(out), str(calib_path),
-                          args.reduce_range, args.onnxopt_module)
+                          args.reduce_range, args.onnxopt_module, validation_npz(mdir, data, args),
+                          args.budget_drop)
         res = quantize_in_subprocess(spec, args.worker_timeout)
         if res.missing or res.error:
             _fill(row, f"{MISSING}: {res.missing}" if res.missing else f"error: {res.error}", args.batches)
@@ -419,8 +441,10 @@ def parse_args(argv):
     ap.add_argument("--quantizers", default="ort,onnxopt", help="families to run: ort, onnxopt (comma list)")
     ap.add_argument("--ort-methods", help=f"quantize_static calibration methods (default {','.join(ORT_METHODS)}; "
                                           "--quick: minmax)")
-    ap.add_argument("--onnxopt-methods", help=f"onnxopt calibration methods (default {','.join(ONNXOPT_METHODS)}; "
-                                              "--quick: minmax)")
+    ap.add_argument("--onnxopt-methods", help=f"onnxopt variants METHOD[+EXTRA...] (default "
+                                              f"{','.join(ONNXOPT_METHODS)}; --quick: minmax); extras: bc "
+                                              "(sequential bias correction), bc1 (one-shot), cle (cross-layer "
+                                              "equalization), budget (--budget-drop on --validation images)")
     ap.add_argument("--onnxopt-module", default="onnxopt.quantize",
                     help="module providing onnxopt's quantize() and QuantizeConfig (a module that does not import "
                          "makes its rows read 'missing: ...')")
@@ -438,6 +462,11 @@ def parse_args(argv):
     ap.add_argument("--quick", action="store_true",
                     help="smoke mode: one small model, 64 eval samples, 32 calibration images, minmax only, "
                          "2 timed runs")
+    ap.add_argument("--validation", type=int, default=5000, metavar="N",
+                    help="labelled train images the 'budget' variants measure their accuracy budget on "
+                         "(default 5000; 0 = none)")
+    ap.add_argument("--budget-drop", type=float, default=0.1, metavar="POINTS",
+                    help="top-1 drop the 'budget' variants allow on the validation images (default 0.1)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker is None and args.out is None:
@@ -464,8 +493,33 @@ def parse_args(argv):
     return args
 
 
+def validation_npz(folder: Path, data: BenchData, args) -> str | None:
+    """``--validation`` labelled Fashion-MNIST *train* images (never the eval set) as an npz, or None."""
+    if not args.validation or tuple(data.eval_x.shape[1:]) != (1, 28, 28):
+        return None
+    path = folder / "validation.npz"
+    if not path.exists():
+        try:
+            from onnxopt.data.fashion_mnist import load_fashion_mnist, normalize
+
+            images, labels = load_fashion_mnist("train")
+        except (FileNotFoundError, ValueError):
+            return None
+        # the last images of the train split (the calibration images are a class-balanced random sample)
+        pick = np.arange(len(labels) - args.validation, len(labels))
+        np.savez(path, **{data.input_name: normalize(images[pick]), "labels": labels[pick].astype(np.int64)})
+    return str(path)
+
+
 def _csv(ap, text: str, allowed, opt: str) -> list[str]:
     items = [x.strip() for x in text.split(",") if x.strip()]
+    if opt == "--onnxopt-methods":  # method[+extra...]
+        bad = [x for x in items if x.split("+")[0] not in allowed
+               or any(e not in ONNXOPT_EXTRAS for e in x.split("+")[1:])]
+        if bad:
+            ap.error(f"{opt}: unknown {', '.join(bad)} (METHOD[+EXTRA...], methods {', '.join(allowed)}, "
+                     f"extras {', '.join(ONNXOPT_EXTRAS)})")
+        return items
     bad = [x for x in items if x not in allowed]
     if bad:
         ap.error(f"{opt}: unknown {', '.join(bad)} (choose from {', '.join(allowed)})")
