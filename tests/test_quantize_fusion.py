@@ -2,14 +2,17 @@
 
 import json
 
+import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from conftest import ROOT
+from conftest import ROOT, parse_model, run_ort
+from onnxopt.data import Dataset
 from onnxopt.data import input_specs, random_dataset
 from onnxopt.ir import Model, load_model
 from onnxopt.quantize import QuantizeConfig, quantize
 from onnxopt.quantize.fusion import analyse_optimized, fusion_report
+from onnxopt.quantize.quality import sqnr_db
 from test_quantize_qdq import calib_data, residual_cnn
 
 EXPORTED = ROOT / "tests" / "data" / "exported"
@@ -57,6 +60,29 @@ def test_report_reads_a_hand_written_optimized_graph():
     assert report.unfused_nodes == ["stays_float"]  # 'fused X' is onnxruntime's name for a fused X
     assert (report.quantize_linear, report.dequantize_linear) == (2, 3)
     assert [p["name"] for p in report.slow_paths] == ["nchw_pool"]
+
+
+def test_a_one_channel_stem_runs_float_and_the_rest_integer():
+    """The CPU table keeps a Conv with 9 products per output float; onnxruntime then quantizes after it."""
+    rng = np.random.default_rng(0)
+    proto = parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, 1, 12, 12] x) => (float[N, 8, 12, 12] y) {
+      c = Conv <pads = [1, 1, 1, 1]> (x, w1, b1)
+      r = Relu (c)
+      y = Conv (r, w2)
+    }
+    """, {"w1": (rng.standard_normal((16, 1, 3, 3)) * 0.5).astype(np.float32), "b1": np.zeros(16, np.float32),
+          "w2": (rng.standard_normal((8, 16, 1, 1)) * 0.3).astype(np.float32)})
+    model = Model.from_onnx(proto)
+    x = rng.standard_normal((32, 1, 12, 12)).astype(np.float32)
+    res = quantize(model, Dataset(lambda: iter([{"x": x}]), input_specs(model), "d"), QuantizeConfig())
+    fusion = res.report.fusion
+    assert fusion.integer_compute == {"QLinearConv": 1} and [f["op"] for f in fusion.float_compute] == ["Conv"]
+    assert fusion.unfused == 0 and fusion.expected_integer == 1  # float by plan, not a failed fusion
+    assert any("slower than float" in f["reason"] for f in res.report.float_nodes if f["op"] == "Conv")
+    ref, got = run_ort(proto, {"x": x})[0], run_ort(res.model.to_onnx(), {"x": x})[0]
+    assert sqnr_db(ref, got) > 25.0
 
 
 def test_float_model_has_no_integer_kernels():

@@ -8,7 +8,13 @@ from onnxopt.errors import OnnxoptError, UnsupportedError
 from onnxopt.ir import Model
 from onnxopt.passes import create_pass
 from onnxopt.quantize.config import QuantizeConfig, Target, parse_target
-from onnxopt.quantize.placement import CPU_TABLE, TENSORRT_TABLE, name_nodes, plan_quantization
+from onnxopt.quantize.placement import (
+    CPU_TABLE,
+    MIN_INTEGER_REDUCTION,
+    TENSORRT_TABLE,
+    name_nodes,
+    plan_quantization,
+)
 from onnxopt.quantize.qdq import prepare_for_quantization
 from test_quantize_qdq import residual_cnn
 
@@ -129,6 +135,78 @@ def test_clip_absorbed_only_from_zero():
     assert not any(n.absorbed for n in clip.nodes.values())
 
 
+STEM = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N, CIN, 12, 12] x) => (float[N, 8, 12, 12] y) {
+  c = Conv <pads = [1, 1, 1, 1]> (x, w, b)
+  r = Relu (c)
+  NEXT
+}
+"""
+TO_CONV = "y = Conv (r, w2)"
+TO_POOL = "p = MaxPool <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (r)  y = Conv (p, w2)"
+
+
+def stem_plan(cin, next_op=TO_CONV, target="cpu"):
+    text = STEM.replace("CIN", str(cin)).replace("NEXT", next_op)
+    weights = {"w": RNG.standard_normal((16, cin, 3, 3)).astype(np.float32), "b": np.zeros(16, np.float32),
+               "w2": RNG.standard_normal((8, 16, 1, 1)).astype(np.float32)}
+    model = prepared(parse_model(text, weights))
+    stem = next(n.name for n in model.graph.nodes if n.op == "Conv" and n.inputs[0].name == "x")
+    return plan_quantization(model, QuantizeConfig(target=target)), stem
+
+
+def test_a_one_channel_stem_conv_stays_float_and_says_why():
+    # 9 products per output (1 channel x 3x3): onnxruntime's integer Conv is slower than its float one
+    plan, stem = stem_plan(1)
+    assert stem not in plan.nodes and len(plan.compute_nodes()) == 1
+    why = next(f.reason for f in plan.float_nodes if f.name == stem)
+    assert "slower than float" in why and str(MIN_INTEGER_REDUCTION) in why
+    assert "x" not in plan.calibration_tensors() and plan.tensors == {"r": "r", "y": "y"}  # the first Q moves after it
+
+
+def test_stems_with_enough_products_or_a_pooling_consumer_stay_integer():
+    plan, stem = stem_plan(3)  # 27 products per output (an RGB image's 3x3 stem)
+    assert stem in plan.nodes
+    # in front of a MaxPool (or Concat) onnxruntime would leave an NCHW int8 island: integer is faster overall
+    plan, stem = stem_plan(1, TO_POOL)
+    assert stem in plan.nodes and len(plan.compute_nodes()) == 2
+    plan, stem = stem_plan(1, target="tensorrt")  # the rule is the CPU table's
+    assert stem in plan.nodes
+
+
+def test_a_short_conv_inside_the_integer_region_stays_integer():
+    # 8 products per output, but its input is quantized anyway: a float island would add a DQ/Q pair
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, 3, 8, 8] x) => (float[N, 4, 8, 8] y) {
+      a = Conv <pads = [1, 1, 1, 1]> (x, w1)
+      r = Relu (a)
+      y = Conv (r, w2)
+    }
+    """
+    plan = plan_quantization(prepared(parse_model(text, {"w1": RNG.standard_normal((8, 3, 3, 3)).astype(np.float32),
+                                                         "w2": RNG.standard_normal((4, 8, 1, 1)).astype(np.float32)})),
+                             QuantizeConfig())
+    assert len(plan.compute_nodes()) == 2
+
+
+def test_depthwise_convs_are_not_short_reductions():
+    # a depthwise 3x3 also has 9 products per output, but onnxruntime has a separate integer kernel for it
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, 16, 8, 8] x) => (float[N, 8, 8, 8] y) {
+      d = Conv <group = 16, pads = [1, 1, 1, 1]> (x, w1)
+      r = Relu (d)
+      y = Conv (r, w2)
+    }
+    """
+    plan = plan_quantization(prepared(parse_model(text, {"w1": RNG.standard_normal((16, 1, 3, 3)).astype(np.float32),
+                                                         "w2": RNG.standard_normal((8, 16, 1, 1)).astype(np.float32)})),
+                             QuantizeConfig())
+    assert len(plan.compute_nodes()) == 2
+
+
 def test_tensorrt_plan_quantizes_inputs_only_and_residual_adds():
     model = prepared(residual_cnn())
     plan = plan_quantization(model, QuantizeConfig(target="tensorrt"))
@@ -153,6 +231,7 @@ def test_tables_are_data():
     assert CPU_TABLE.rules["Conv"].weight == 1 and CPU_TABLE.rules["MaxPool"].passthrough
     assert "ConvTranspose" in TENSORRT_TABLE.rules and "ConvTranspose" not in CPU_TABLE.rules
     assert set(CPU_TABLE.absorbable) == {"Relu", "Clip"}
+    assert [f.op for f in CPU_TABLE.float_faster] == ["Conv"] and not TENSORRT_TABLE.float_faster
 
 
 def test_nameless_nodes_get_unique_names():

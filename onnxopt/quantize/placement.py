@@ -23,6 +23,11 @@ cannot do that, so they keep Relu as a float node; and because onnxruntime
 on x86 runs int8 activations only after turning single-consumer int8 Q/DQ
 pairs into uint8, int8 tensors get one QuantizeLinear per consumer.
 
+Some shapes run slower as integer kernels than as float ones; a table lists
+them (``float_faster``) and the planner keeps them float with the reason in
+the report: on the CPU, a Conv with fewer than 16 products per output on a
+float input (a 1-channel image's 3x3 stem).
+
 The ``tensorrt`` table follows TensorRT's explicit-quantization guidance:
 symmetric int8, Q/DQ on the inputs of Conv/ConvTranspose/Gemm/MatMul (and on
 both inputs of a residual Add that follows a Conv, so TensorRT can fuse the
@@ -153,6 +158,63 @@ class OpRule:
     check: Callable[[gs.Node], str | None] | None = None
 
 
+# -- shapes where the integer kernel is slower than float (kept float, and the report says why) ----------------
+#: fewer products than this per output value (Cin/group x kernel) and onnxruntime's CPU integer Conv loses to
+#: its float one. Measured on AVX2 (no VNNI), onnxruntime 1.32, per-node profiles at batch 1: mobilenetv2's stem
+#: (3x3 over 1 channel = 9 products, 16 channels out at 28x28) takes 54 us as QLinearConv (+16 us for the input's
+#: QuantizeLinear and NHWC Transpose) against 23 us as float NCHWc Conv (+30 us for reorder, QuantizeLinear and
+#: Transpose after it); whole models with 2 threads, interleaved: mobilenetv2 0.97x at batch 1 and 0.93x at batch
+#: 64 with the stem float, resnet (32 channels out) 0.98x and 1.01x, and top-1 up 0.02-0.09 points (the image is
+#: no longer rounded to 8 bits). A 1x1 Conv over 16 channels (16 products) runs even; from 36 up integer wins.
+MIN_INTEGER_REDUCTION = 16
+#: consumers a float stem Conv may feed (through its Relu/Clip): onnxruntime moves the QuantizeLinear and one
+#: Transpose to NHWC in front of integer Convs; in front of a MaxPool or Concat it leaves an NCHW int8 island that
+#: splits the NHWC region with Transposes (densenet_se: 1.05x FP32 instead of 0.77x at batch 1)
+STEM_CONSUMERS = frozenset({"Conv"})
+
+
+def _reads_float_tensor(node: gs.Node, rules: Mapping[str, OpRule]) -> bool:
+    """Its input is float whatever the plan (a graph input, or made by an op with no integer form here)."""
+    src = node.inputs[0]
+    return not src.inputs or src.inputs[0].op not in rules
+
+
+def _feeds_only(node: gs.Node, ops: frozenset[str], through: tuple[str, ...]) -> bool:
+    """Every consumer of its output is in ``ops``, directly or behind one single-consumer op in ``through``."""
+    out = node.outputs[0]
+    readers = list(out.outputs)
+    if len(readers) == 1 and readers[0].op in through:
+        readers = list(readers[0].outputs[0].outputs)
+    return bool(readers) and all(r.op in ops for r in readers)
+
+
+def short_reduction_stem(node: gs.Node, rules: Mapping[str, OpRule]) -> bool:
+    """A Conv with few products per output (a 1-channel image's 3x3 stem) on a float input, feeding Convs.
+
+    Keeping it float costs nothing at its input (already float) and moves
+    the model's first QuantizeLinear after it; depthwise Convs are not
+    included (onnxruntime has a separate integer kernel for them, as fast as
+    float here, and a float one between integer Convs adds a
+    DequantizeLinear/QuantizeLinear pair and layout Transposes: mobilenetv2
+    with its 14x14 depthwise Convs float ran 1.26x FP32 at batch 1, all 8
+    float 1.53x, against 0.92x all integer).
+    """
+    w = _const(node, 1)
+    if w is None or w.ndim != 4 or int(node.attrs.get("group", 1)) != 1:
+        return False
+    return (int(np.prod(w.shape[1:])) < MIN_INTEGER_REDUCTION and _reads_float_tensor(node, rules)
+            and _feeds_only(node, STEM_CONSUMERS, _ABSORBS))
+
+
+@dataclass(frozen=True)
+class FloatFaster:
+    """A shape of ``op`` whose integer kernel on the target is slower than float: such nodes stay float."""
+
+    op: str
+    applies: Callable[[gs.Node, Mapping[str, OpRule]], bool]
+    reason: str
+
+
 @dataclass(frozen=True)
 class TargetTable:
     target: Target
@@ -167,6 +229,8 @@ class TargetTable:
     #: pair into uint8 (QDQS8ToU8Transformer) only when the Q has a single consumer, and its x86 integer Conv
     #: kernels take uint8 activations only
     int8_q_per_consumer: bool = False
+    #: shapes measured slower as integer kernels than as float ones on this target (see FloatFaster)
+    float_faster: tuple[FloatFaster, ...] = ()
 
 
 _ABSORBS = ("Relu", "Clip")
@@ -198,6 +262,12 @@ CPU_TABLE = TargetTable(
     dq_for_float_consumers=True,
     absorbable={"Relu": None, "Clip": check_clip_relu6},
     int8_q_per_consumer=True,
+    float_faster=(
+        FloatFaster("Conv", short_reduction_stem,
+                    f"integer kernel slower than float here: fewer than {MIN_INTEGER_REDUCTION} products per output "
+                    "(Cin x kernel) on a float input; onnxruntime's float Conv is about 2x faster (measured on "
+                    "AVX2), and the QuantizeLinear moves after it"),
+    ),
 )
 
 TENSORRT_TABLE = TargetTable(
@@ -313,6 +383,14 @@ def _feeds_activation(node: gs.Node) -> bool:
     return len(out.outputs) == 1 and out.outputs[0].op in ("Relu", "Clip")
 
 
+def _float_faster(table: TargetTable, node: gs.Node) -> str | None:
+    """The reason ``node`` runs faster in float on this target, or None."""
+    for entry in table.float_faster:
+        if entry.op == node.op and entry.applies(node, table.rules):
+            return entry.reason
+    return None
+
+
 def _check_excludes(model: Model, exclude: tuple[str, ...]) -> None:
     names = {n.name for n in model.graph.nodes}
     ops = {n.op for n in model.graph.nodes}
@@ -355,6 +433,8 @@ def plan_quantization(model: Model, config: QuantizeConfig, keep_float: Mapping[
             reasons[node.name] = "an activation input is not float32"
         elif not _activation_slots(node, rule):
             reasons[node.name] = "no activation input"
+        elif (why := _float_faster(table, node)) is not None:
+            reasons[node.name] = why
         else:
             eligible[node.name] = (node, rule)
 
