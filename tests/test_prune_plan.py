@@ -86,7 +86,7 @@ def test_plan_checks_kept_indices_and_frozen_groups():
     d["groups"][0]["kept"] = []
     with pytest.raises(OnnxoptError, match="at least one"):
         PruningPlan.from_dict(d)
-    with pytest.raises(OnnxoptError, match="not a pruning plan"):
+    with pytest.raises(OnnxoptError, match="not an onnxopt pruning plan file"):
         PruningPlan.from_dict({"groups": []})
 
 

@@ -22,6 +22,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from onnxopt.analysis.jsonfile import check_format, read_json
 from onnxopt.errors import OnnxoptError
 
 PLAN_FORMAT = "onnxopt-pruning-plan"
@@ -150,12 +151,8 @@ class PruningPlan:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> PruningPlan:
-        if not isinstance(d, dict) or d.get("format") != PLAN_FORMAT:
-            raise OnnxoptError(f"not a pruning plan (expected \"format\": \"{PLAN_FORMAT}\")")
-        if int(d.get("version", 0)) > PLAN_VERSION:
-            raise OnnxoptError(f"pruning plan version {d.get('version')} is newer than this onnxopt understands "
-                               f"({PLAN_VERSION})")
+    def from_dict(cls, d: dict, where: str = "plan") -> PruningPlan:
+        check_format(d, PLAN_FORMAT, PLAN_VERSION, where, "pruning plan")
         try:
             plan = cls([Group.from_dict(g) for g in d["groups"]], dict(d.get("settings", {})),
                        [str(n) for n in d.get("notes", [])])
@@ -200,11 +197,4 @@ class PruningPlan:
 
     @classmethod
     def load(cls, path) -> PruningPlan:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise OnnxoptError(f"pruning plan not found: {path}") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise OnnxoptError(f"{path}: not a readable JSON pruning plan: {exc}") from exc
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, "pruning plan"), str(path))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxopt.analysis.jsonfile import check_format, read_json
 from onnxopt.errors import DataError
 
 FORMAT = "onnxopt-ranges"
@@ -68,10 +69,7 @@ class Ranges:
 
     @classmethod
     def from_json(cls, doc: dict, where: str = "ranges") -> Ranges:
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise DataError(f"{where}: not an onnxopt ranges file (no \"format\": \"{FORMAT}\")")
-        if int(doc.get("version", 0)) > VERSION:
-            raise DataError(f"{where}: ranges format version {doc.get('version')} is newer than this onnxopt reads ({VERSION})")
+        check_format(doc, FORMAT, VERSION, where, "ranges")
         tensors = doc.get("tensors")
         if not isinstance(tensors, dict):
             raise DataError(f"{where}: 'tensors' must map tensor names to [lo, hi]")
@@ -85,14 +83,7 @@ class Ranges:
 
     @classmethod
     def load(cls, path) -> Ranges:
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(f"ranges file not found: {path}")
-        try:
-            doc = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}: not valid JSON: {exc}") from exc
-        return cls.from_json(doc, str(path))
+        return cls.from_json(read_json(path, "ranges"), str(path))
 
     def check_applies_to(self, fingerprint: str, needed, where: str = "ranges") -> None:
         """Refuse ranges computed for another model or missing a tensor the plan needs."""

@@ -39,6 +39,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt.data import Dataset
+from onnxopt.analysis.jsonfile import check_format, read_json
 from onnxopt.errors import DataError, OnnxoptError
 from onnxopt.ir.model import Model, constant_array
 from onnxopt.quantize.config import QuantizeConfig
@@ -281,11 +282,7 @@ class SensitivityResult:
 
     @classmethod
     def from_json(cls, doc: dict, where: str = "sensitivity") -> SensitivityResult:
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise DataError(f"{where}: not an onnxopt sensitivity file (no \"format\": \"{FORMAT}\")")
-        if int(doc.get("version", 0)) > VERSION:
-            raise DataError(f"{where}: sensitivity format version {doc.get('version')} is newer than this onnxopt "
-                            f"reads ({VERSION})")
+        check_format(doc, FORMAT, VERSION, where, "sensitivity")
         try:
             nodes = [NodeSensitivity(str(n["name"]), str(n["op"]),
                                      *(_number(n.get(k)) for k in ("sqnr_only_quantized", "sqnr_only_float",
@@ -300,14 +297,7 @@ class SensitivityResult:
 
     @classmethod
     def load(cls, path) -> SensitivityResult:
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(f"sensitivity file not found: {path}")
-        try:
-            doc = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}: not valid JSON: {exc}") from exc
-        return cls.from_json(doc, str(path))
+        return cls.from_json(read_json(path, "sensitivity"), str(path))
 
 
 def _number(v) -> float | None:
