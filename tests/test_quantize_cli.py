@@ -150,3 +150,13 @@ def test_equalize_and_bias_correction_flags(files, capsys):
     assert doc["bias_correction"]["corrected"] and not doc["bias_correction"]["sequential"]
     assert any("cross-layer equalization" in n for n in doc["notes"])
     assert doc["fusion"]["unfused"] == 0
+
+
+def test_slower_int8_gets_a_note_and_noise_does_not():
+    from onnxopt.cli.quantize_cmd import slower_than_fp32_notes
+
+    rows = [{"batch": 1, "fp32_ms": 0.154, "int8_ms": 0.253, "speedup": 0.154 / 0.253},
+            {"batch": 64, "fp32_ms": 10.0, "int8_ms": 10.3, "speedup": 10.0 / 10.3},
+            {"batch": 128, "fp32_ms": 20.0, "int8_ms": 12.0, "speedup": 20.0 / 12.0}]
+    notes = slower_than_fp32_notes(rows)
+    assert len(notes) == 1 and "batch 1 " in notes[0] and "0.253 vs 0.154" in notes[0]

@@ -32,6 +32,8 @@ from onnxopt.quantize.config import Activations, BiasCorrection, Method, Quantiz
 
 #: calibration samples reused for the float-vs-quantized output comparison
 QUALITY_SAMPLES = 256
+#: a speed-up under this (FP32 median / INT8 median) gets a note: short runs on a shared machine vary by ~5%
+SLOWER_THAN_FP32 = 0.95
 #: latency in the report: short interleaved runs (timed runs per model, runs per block, warm-up runs per session)
 LATENCY_RUNS, LATENCY_BLOCK, LATENCY_WARMUP = 20, 5, 3
 #: sensitivity rows printed (the JSON and the markdown hold them all)
@@ -269,6 +271,14 @@ def measure_accuracy(result, model, eval_data, threads) -> dict | None:
             "drop": f.top1 - q.top1, "sqnr_db": q.sqnr_db}
 
 
+def slower_than_fp32_notes(latency_rows) -> list[str]:
+    """A note per measured batch size where INT8 was clearly slower than FP32 (say so, never hide it)."""
+    return [f"INT8 ran slower than FP32 at batch {r['batch']} here ({r['int8_ms']:.3f} vs {r['fp32_ms']:.3f} ms "
+            "median): the Q/DQ work outweighs the integer kernels for this model or batch size; time it on the "
+            "deployment CPU (onnxopt bench) and keep FP32 there, or --exclude the slow layers"
+            for r in latency_rows if r["speedup"] < SLOWER_THAN_FP32]
+
+
 def measure_latency(model, quantized, data, specs, threads) -> list[dict]:
     """FP32 vs INT8 median latency at batch 1 and the eval batch size, short interleaved runs."""
     from onnxopt.data import random_dataset
@@ -351,12 +361,14 @@ def run(args) -> int:
             quality = [asdict(q) for q in output_quality(model, out, batches, threads=args.threads)]
         except OnnxoptError as exc:  # the float model itself may not run (e.g. a custom op)
             result.report.notes.append(f"outputs not compared: {exc}")
+    latency = measure_latency(model, result.model, eval_data or dataset, specs, args.threads) if args.report else None
+    result.report.notes.extend(slower_than_fp32_notes(latency or ()))
     doc = {"input": str(args.model), "output": str(out), "ranges_file": str(args.save_ranges or args.load_ranges or ""),
            "report": result.report.to_json(), "quality": quality,
            "accuracy": measure_accuracy(result, model, eval_data, args.threads),
            "sensitivity": result.sensitivity.to_json() if result.sensitivity is not None else None}
     if args.report:
-        doc["latency"] = measure_latency(model, result.model, eval_data or dataset, specs, args.threads)
+        doc["latency"] = latency
         write_json(doc, args.report)
         write_text(markdown_path(args.report), render_markdown(to_jsonable(doc)))
     if args.json is not None:
