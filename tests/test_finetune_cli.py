@@ -125,3 +125,24 @@ def test_mismatched_teacher_exits_2(files, tmp_path, capsys):
     assert main(["finetune", str(s_path), "--teacher", str(t_path), "--data", f"{data}:train",
                  "-o", str(tmp_path / "o.onnx")]) == 2
     assert "teacher's outputs (scores)" in capsys.readouterr().err
+
+
+def test_full_fashion_mnist_by_name_with_augmentation(tmp_path, capsys):
+    """--data fashion-mnist reads the Debian package's train split; a few augmented steps move the student."""
+    from onnxopt.data.fashion_mnist import load_fashion_mnist
+    from conftest import ROOT
+
+    try:
+        load_fashion_mnist("test")
+    except (FileNotFoundError, ValueError):
+        pytest.skip("Debian package dataset-fashion-mnist not installed")
+    teacher = ROOT / "models" / "resnet.onnx"
+    out = tmp_path / "s.onnx"
+    rc = main(["finetune", str(teacher), "--teacher", str(teacher), "--data", "fashion-mnist", "--eval",
+               f"{ROOT / 'models' / 'fashion_mnist_sample.npz'}:eval", "--max-steps", "2", "--batch-size", "16",
+               "--augment", "shift-flip", "--threads", "1", "-o", str(out), "--json"])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["steps"] == 2 and doc["top1_before"] == pytest.approx(93.90, abs=0.01)
+    assert doc["top1_after"] > 80  # the teacher as its own student stays close to itself
+    assert load_model(out).op_histogram() == load_model(teacher).op_histogram()
