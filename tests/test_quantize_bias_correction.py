@@ -136,3 +136,12 @@ def test_quantize_config_switches_bias_correction_on(mode):
         0.25 * mean_channel_error(fm, plain.model, held_out).mean()
     with pytest.raises(OnnxoptError, match="bias_correction"):
         QuantizeConfig(bias_correction="always")
+
+
+def test_bias_correction_without_calibration_data_is_refused_before_any_work():
+    fm = conv_model()
+    ranges = quantize(fm, positive_data(fm, 16, seed=1), QuantizeConfig(reduce_range=True)).ranges
+    with pytest.raises(DataError, match="bias correction measures on calibration data"):
+        quantize(fm, None, QuantizeConfig(reduce_range=True, bias_correction="one-shot"), ranges=ranges)
+    # the same saved ranges without bias correction need no data
+    assert quantize(fm, None, QuantizeConfig(reduce_range=True), ranges=ranges).report.bias_correction is None

@@ -135,12 +135,10 @@ def resolve_hints(names: list[str], plan: Path | None) -> dict[str, list[int] | 
 
 def open_named_or_file(source: str, specs, image, flag: str):
     """``fashion-mnist`` / ``fashion-mnist:test`` (the Debian package's full splits) or a data file/folder."""
-    from onnxopt.pipeline.data import NAMED_DATASETS, fashion_mnist_dataset
+    from onnxopt.pipeline.data import open_named
 
-    key = str(source).strip().lower()
-    if key in NAMED_DATASETS:
-        return fashion_mnist_dataset(NAMED_DATASETS[key], specs, f"{flag} {source}")
-    return open_dataset(source, specs, image)
+    named = open_named(source, specs, f"{flag} {source}")
+    return named if named is not None else open_dataset(source, specs, image)
 
 
 def _input_files(path: Path) -> list[Path]:

@@ -17,6 +17,7 @@ A hook asks training to stop by returning ``True`` or by setting its
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from onnxopt.errors import OnnxoptError
@@ -151,8 +152,6 @@ class CosineLR(Callback):
 
     def factor(self, step: int) -> float:
         """The learning-rate multiplier before update ``step + 1`` (0-based ``step``)."""
-        import math
-
         warm = int(self.warmup * self.total)
         if step < warm:
             return (step + 1) / warm

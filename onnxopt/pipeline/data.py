@@ -73,11 +73,19 @@ def fashion_mnist_dataset(split: str, specs: Sequence[InputSpec], description: s
                    has_labels=True)
 
 
+def open_named(source: str, specs: Sequence[InputSpec], description: str) -> Dataset | None:
+    """The named data set ``source`` stands for (see :data:`NAMED_DATASETS`), or None when it is a path."""
+    key = str(source).strip().lower()
+    if key not in NAMED_DATASETS:
+        return None
+    return fashion_mnist_dataset(NAMED_DATASETS[key], specs, description)
+
+
 def open_source(src: DataSource, specs: Sequence[InputSpec]) -> Dataset:
     """Open a source for a model with inputs ``specs``; errors say where the source came from."""
-    key = src.source.strip().lower()
-    if key in NAMED_DATASETS:
-        return fashion_mnist_dataset(NAMED_DATASETS[key], specs, f"{src.origin} ({src.source})")
+    named = open_named(src.source, specs, f"{src.origin} ({src.source})")
+    if named is not None:
+        return named
     try:
         return open_dataset(src.source, specs)
     except DataError as exc:

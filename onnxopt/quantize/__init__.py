@@ -166,9 +166,6 @@ def _quantize_prepared(work: Model, fingerprint: str, calib, config: QuantizeCon
     result_model = candidate
     correction = None
     if config.bias_correction is not BiasCorrection.OFF:
-        if calib is None:
-            raise DataError("bias correction measures on calibration data; give --calib (saved ranges alone "
-                            "are not enough)")
         from onnxopt.quantize.bias_correction import correct_bias
 
         correction = correct_bias(work, result_model, calib, nodes=[n.name for n in plan.compute_nodes()],
@@ -252,16 +249,17 @@ def quantize(model: Model, calib=None, config: QuantizeConfig | None = None, *, 
     config = config or QuantizeConfig()
     if calib is None and ranges is None:
         raise DataError("quantization needs calibration data or saved ranges")
+    if calib is None and config.bias_correction is not BiasCorrection.OFF:
+        raise DataError("bias correction measures on calibration data; give --calib (saved ranges alone "
+                        "are not enough)")
     measure_on = _measure_data(config, calib, eval_data, sensitivity)
     ops_before = model.op_histogram()
     work = model.copy()
-    if cleanup:
-        from onnxopt.passes import create_pass
+    from onnxopt.passes import create_pass
 
+    if cleanup:
         work = create_pass("cleanup")(work).model
     if config.equalize:
-        from onnxopt.passes import create_pass
-
         eq = create_pass("equalize_cross_layer")(work)
         work = eq.model
         work.notes.append(f"cross-layer equalization: {eq.stats.get('pairs', 0)} Conv pair(s) rescaled"

@@ -71,12 +71,9 @@ def settings_key(args) -> dict:
 
 
 def load_train(args, name: str) -> dict[str, np.ndarray]:
-    from onnxopt.data.fashion_mnist import load_fashion_mnist, normalize
+    from onnxopt.data.fashion_mnist import normalize
 
-    images, labels = load_fashion_mnist("train")
-    if args.train_samples and args.train_samples < len(labels):
-        pick = np.random.default_rng(args.seed).choice(len(labels), size=args.train_samples, replace=False)
-        images, labels = images[np.sort(pick)], labels[np.sort(pick)]
+    images, labels = _train_uint8(args)
     return {name: normalize(images).astype(np.float32), "labels": labels.astype(np.int64)}
 
 
@@ -183,8 +180,8 @@ def train_scratch(pruned: Model, args, out: Path, eval_data: Dataset) -> dict:
     spec = dict(ref, epochs=args.scratch_epochs)
     x_u8, y = _train_uint8(args)
     data = tr.TrainData(x_u8, y)
-    test_x = torch.from_numpy(next(eval_data.batches(1 << 30))[eval_data.specs[0].name])
-    test_y = torch.from_numpy(next(eval_data.batches(1 << 30))["labels"])
+    test = eval_data.arrays()
+    test_x, test_y = torch.from_numpy(test[eval_data.specs[0].name]), torch.from_numpy(test["labels"])
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     model, _hist = _fit_reference(tr, net, spec, data, test_x, test_y, args)
@@ -196,6 +193,7 @@ def train_scratch(pruned: Model, args, out: Path, eval_data: Dataset) -> dict:
 
 
 def _train_uint8(args):
+    """The Fashion-MNIST train split as uint8 images and labels (a seeded subset with --train-samples)."""
     from onnxopt.data.fashion_mnist import load_fashion_mnist
 
     images, labels = load_fashion_mnist("train")
