@@ -62,3 +62,22 @@ def producer(tensor: gs.Tensor) -> gs.Node | None:
 
 def single_consumer(tensor: gs.Tensor) -> gs.Node | None:
     return tensor.outputs[0] if len(tensor.outputs) == 1 else None
+
+
+class FreshNames:
+    """Unique names for new tensors and nodes of one graph: ``base``, else ``base_1``, ``base_2``, ...
+
+    Names already in the graph (tensors and nodes) and every name handed out
+    so far are taken, so several new names from one generator never collide.
+    """
+
+    def __init__(self, graph: gs.Graph):
+        self.used = set(graph.tensors()) | {n.name for n in graph.nodes}
+
+    def __call__(self, base: str) -> str:
+        name, k = base, 0
+        while name in self.used:
+            k += 1
+            name = f"{base}_{k}"
+        self.used.add(name)
+        return name

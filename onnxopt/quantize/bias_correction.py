@@ -49,6 +49,7 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.data import Dataset
 from onnxopt.errors import DataError, OnnxoptError
+from onnxopt.ir.edit import FreshNames
 from onnxopt.ir.model import Model, constant_array
 from onnxopt.quantize.calibrate import augmented_proto, fixed_batch_size
 from onnxopt.quantize.placement import name_nodes
@@ -306,11 +307,12 @@ def _with_shadows(quant_model: Model, layers: list[_Layer]) -> tuple[Model, dict
     work = quant_model.copy()
     nodes = {n.name: n for n in work.graph.nodes}
     shadows = {}
+    fresh = FreshNames(work.graph)
     for layer in layers:
         node = nodes[layer.name]
-        out_name, w_name, b_name, node_name = _fresh_names(
-            work.graph, [layer.output + SHADOW_SUFFIX, f"{layer.output}{SHADOW_SUFFIX}_W",
-                         f"{layer.output}{SHADOW_SUFFIX}_B", layer.name + SHADOW_SUFFIX])
+        out_name, w_name, b_name, node_name = map(fresh, [layer.output + SHADOW_SUFFIX,
+                                                          f"{layer.output}{SHADOW_SUFFIX}_W",
+                                                          f"{layer.output}{SHADOW_SUFFIX}_B", layer.name + SHADOW_SUFFIX])
         inputs = [node.inputs[0], gs.Constant(w_name, np.require(constant_array(layer.float_node.inputs[1]),
                                                                  requirements="C"))]
         if _has_input(layer.float_node, 2):
@@ -368,31 +370,13 @@ def measure_layer(quant_model: Model, layer: _Layer, feeder: _Feeder, threads: i
 
 
 # -- correcting -----------------------------------------------------------------------------------
-def _fresh_names(graph: gs.Graph, bases: Sequence[str]) -> list[str]:
-    """Names for new tensors and nodes, unique in ``graph`` and among themselves."""
-    used = set(graph.tensors()) | {n.name for n in graph.nodes}
-    out = []
-    for base in bases:
-        name, k = base, 0
-        while name in used:
-            k += 1
-            name = f"{base}_{k}"
-        used.add(name)
-        out.append(name)
-    return out
-
-
-def _unique(graph: gs.Graph, base: str) -> str:
-    return _fresh_names(graph, [base])[0]
-
-
 def _own_constant(graph: gs.Graph, consumer: gs.Node, slot: int, values: np.ndarray) -> None:
     """Set input ``slot`` of ``consumer`` to ``values``: in place when it alone reads the constant."""
     t = consumer.inputs[slot]
     if isinstance(t, gs.Constant) and len(t.outputs) == 1:
         t.values = np.require(values, requirements="C")
     else:
-        consumer.inputs[slot] = gs.Constant(_unique(graph, t.name), np.require(values, requirements="C"))
+        consumer.inputs[slot] = gs.Constant(FreshNames(graph)(t.name), np.require(values, requirements="C"))
 
 
 def _model_keeps_int32_biases(graph: gs.Graph) -> bool:
@@ -453,9 +437,9 @@ def apply_correction(model: Model, node: gs.Node, error: np.ndarray) -> tuple[bo
         w_scale = constant_array(wdq.inputs[1]).astype(np.float32)
         axis = int(wdq.attrs.get("axis", 1)) if w_scale.ndim == 1 else None
         q, p, clipped = quantize_bias(-shift, in_scale, QParams(w_scale, np.zeros(w_scale.shape, np.int8), axis))
-        qname, sname, zname, oname, dqname = _fresh_names(
-            g, [f"{base}_bias_{what}" for what in ("quantized", "scale", "zero_point", "dequantized",
-                                                   "DequantizeLinear")])
+        fresh = FreshNames(g)
+        qname, sname, zname, oname, dqname = (fresh(f"{base}_bias_{what}") for what in (
+            "quantized", "scale", "zero_point", "dequantized", "DequantizeLinear"))
         attrs = {"axis": int(p.axis)} if p.axis is not None else {}
         out = gs.Variable(oname, dtype=np.float32, shape=[q.size])
         g.nodes.append(gs.Node("DequantizeLinear", dqname, attrs,
@@ -464,7 +448,7 @@ def apply_correction(model: Model, node: gs.Node, error: np.ndarray) -> tuple[bo
         added = out
     else:
         clipped = 0
-        added = gs.Constant(_unique(g, f"{base}_bias"), (-shift).astype(np.float32))
+        added = gs.Constant(FreshNames(g)(f"{base}_bias"), (-shift).astype(np.float32))
     if len(node.inputs) == 2:
         node.inputs.append(added)
     else:

@@ -25,6 +25,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt.errors import OnnxoptError
+from onnxopt.ir.edit import FreshNames
 from onnxopt.ir.model import Model, constant_array
 from onnxopt.ir.opset import ensure_opset
 from onnxopt.ir.shapes import infer_shapes
@@ -88,21 +89,6 @@ def quantize_bias(b: np.ndarray, input_scale: np.ndarray, weight: QParams) -> tu
     return q, QParams(scale, np.zeros(scale.shape, np.int32), axis), clipped
 
 
-class _Names:
-    """Unique names for new tensors and nodes."""
-
-    def __init__(self, graph: gs.Graph):
-        self.used = set(graph.tensors()) | {n.name for n in graph.nodes}
-
-    def __call__(self, base: str) -> str:
-        name, k = base, 0
-        while name in self.used:
-            k += 1
-            name = f"{base}_{k}"
-        self.used.add(name)
-        return name
-
-
 @dataclass
 class InsertStats:
     quantize_nodes: int = 0
@@ -117,7 +103,7 @@ class _Inserter:
         self.model, self.plan, self.ranges = model, plan, ranges
         self.config = config.resolved()
         self.graph = model.graph
-        self.names = _Names(self.graph)
+        self.names = FreshNames(self.graph)
         self.stats = InsertStats()
         self.act_params: dict[str, tuple[QParams, gs.Constant, gs.Constant]] = {}
         self.weight_cache: dict[tuple[str, int | None], tuple[gs.Constant, gs.Constant, gs.Constant, QParams]] = {}

@@ -28,7 +28,6 @@ outputs computed once (:class:`OutputMeter`).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Mapping
@@ -38,9 +37,10 @@ from pathlib import Path
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.data import Dataset
 from onnxopt.analysis.jsonfile import check_format, read_json
+from onnxopt.data import Dataset
 from onnxopt.errors import DataError, OnnxoptError
+from onnxopt.ir.edit import FreshNames
 from onnxopt.ir.model import Model, constant_array
 from onnxopt.quantize.config import QuantizeConfig
 from onnxopt.quantize.placement import QuantPlan, plan_quantization
@@ -177,12 +177,13 @@ def pin_float_nodes(model: Model, names) -> list[str]:
         channels = x.shape[1] if x.shape is not None and len(x.shape) > 1 else None
         if scale is None or zero_point is None or scale.size != 1 or not isinstance(channels, int) or channels < 1:
             continue
-        per_axis = gs.Node("DequantizeLinear", _unique(model, dq.name + "_per_channel"), {"axis": 1},
-                           [dq.inputs[0], gs.Constant(_unique(model, dq.inputs[1].name + "_per_channel"),
+        fresh = FreshNames(model.graph)
+        per_axis = gs.Node("DequantizeLinear", fresh(dq.name + "_per_channel"), {"axis": 1},
+                           [dq.inputs[0], gs.Constant(fresh(dq.inputs[1].name + "_per_channel"),
                                                       np.full([channels], scale.reshape(()), scale.dtype)),
-                            gs.Constant(_unique(model, dq.inputs[2].name + "_per_channel"),
+                            gs.Constant(fresh(dq.inputs[2].name + "_per_channel"),
                                         np.full([channels], zero_point.reshape(()), zero_point.dtype))],
-                           [gs.Variable(_unique(model, x.name + "_per_channel"), dtype=np.float32, shape=x.shape)])
+                           [gs.Variable(fresh(x.name + "_per_channel"), dtype=np.float32, shape=x.shape)])
         model.graph.nodes.append(per_axis)
         for i, t in enumerate(node.inputs):
             if t is x:
@@ -191,15 +192,6 @@ def pin_float_nodes(model: Model, names) -> list[str]:
     if changed:
         model.graph.cleanup(remove_unused_graph_inputs=False).toposort()
     return changed
-
-
-def _unique(model: Model, base: str) -> str:
-    used = set(model.graph.tensors()) | {n.name for n in model.graph.nodes}
-    name, k = base, 0
-    while name in used:
-        k += 1
-        name = f"{base}_{k}"
-    return name
 
 
 def build_variant(float_model: Model, config: QuantizeConfig, ranges: Ranges, keep_float: Mapping[str, str]) -> Model:
